@@ -1,0 +1,24 @@
+"""llr_kernels: layerwise learning rates (LLR) from spectral heavy-tailedness, with fused kernels.
+
+    from llr_kernels import LLRAdamW
+    opt = LLRAdamW(model, lr=1e-3, weight_decay=0.1, s=3.0, interval=500, total_steps=T)
+"""
+from .layers import KINDS, Layer, classify_parameters
+from .optim import LLRAdamW, LLROptimizer
+from .policy import LLRConfig, LLRPolicy, llr_multipliers
+from .spectral import HillResult, hill_alpha
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "HillResult",
+    "LLRAdamW",
+    "LLRConfig",
+    "LLROptimizer",
+    "LLRPolicy",
+    "Layer",
+    "classify_parameters",
+    "hill_alpha",
+    "llr_multipliers",
+]

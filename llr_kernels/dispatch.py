@@ -1,0 +1,97 @@
+"""The one place where an op's implementation is chosen: Triton, the C++/CUDA extension, or pure torch.
+
+Every op has a pure-torch implementation that always works. ``backend="auto"`` picks the fastest one that is
+available for the tensors' device; an explicit backend that cannot run raises ValueError saying why.
+Implementations are named as "module:function" and imported lazily, so importing the package never pulls in
+Triton or builds the extension.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+BACKENDS = ("auto", "triton", "cpp", "torch")
+
+# op -> backend -> "module:function". Kernel modules add their entries here, nowhere else.
+_OPS: dict[str, dict[str, str]] = {
+    "adamw_step": {
+        "torch": "llr_kernels.ops.adamw_torch:adamw_step_torch",
+    },
+}
+
+# Preference order of "auto", per device type. The Triton interpreter is never chosen automatically.
+_AUTO_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
+
+
+def validate_backend(backend: str) -> str:
+    """Check a user-given backend name early (at optimizer construction)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run on the CPU through the interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+def unavailable_reason(backend: str, device: torch.device) -> str | None:
+    """None if ``backend`` can run on ``device``; otherwise a sentence saying why not."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if not triton_importable():
+            return "triton is not installed (pip install triton, on Linux x86-64)"
+        if device.type != "cuda" and not triton_interpreted():
+            return f"Triton kernels need a CUDA device (got {device.type}); set TRITON_INTERPRET=1 to run them on CPU"
+        return None
+    if backend == "cpp":
+        from . import _ext
+
+        return _ext.unavailable_reason(device)
+    return f"unknown backend {backend!r}; choose one of {BACKENDS}"
+
+
+def resolve_backend(op: str, backend: str, device: torch.device) -> str:
+    """Concrete backend for ``op`` on ``device``: the requested one, or the best available for "auto"."""
+    validate_backend(backend)
+    impls = _OPS.get(op)
+    if impls is None:
+        raise KeyError(f"unknown op {op!r}; known ops: {sorted(_OPS)}")
+    if backend == "auto":
+        for cand in _AUTO_ORDER.get(device.type, ("torch",)):
+            if cand in impls and unavailable_reason(cand, device) is None:
+                return cand
+        return "torch"
+    if backend not in impls:
+        raise ValueError(f"op {op!r} has no {backend!r} implementation; available: {sorted(impls)}")
+    why = unavailable_reason(backend, device)
+    if why is not None:
+        raise ValueError(f"backend={backend!r} cannot run {op!r}: {why}. Use backend='auto' or 'torch'.")
+    return backend
+
+
+@lru_cache(maxsize=None)
+def _load(target: str) -> Callable:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def get_op(op: str, backend: str, device: torch.device) -> tuple[str, Callable]:
+    """(chosen backend, implementation) for ``op`` on ``device``."""
+    chosen = resolve_backend(op, backend, device)
+    return chosen, _load(_OPS[op][chosen])

@@ -1,0 +1,136 @@
+"""Which parameters are LLR layers: one classification for models, named parameters, and param groups.
+
+Every trainable parameter gets a kind. Matrix kinds (attention, FFN, other Linear/Conv) take part in the
+Hill-alpha map; ``embedding`` (and optionally ``lm_head``) are pinned at the top of the range; ``vector``
+(norms, biases) stays at multiplier 1; ``frozen`` parameters are not stepped. A weight shared by several
+modules (an embedding tied to the LM head) is one layer, named after its first name, kind ``embedding``.
+Naming covers Hugging Face LLaMA / Qwen / Mistral / GPT-2 / GPT-NeoX, Meta LLaMA, nanoGPT and plain
+``nn.Linear`` stacks; a ``classify`` callable overrides any decision.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+ATTENTION_KINDS = ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_o")
+FFN_KINDS = ("ffn_gate", "ffn_up", "ffn_gate_up", "ffn_down")
+MATRIX_KINDS = ATTENTION_KINDS + FFN_KINDS + ("linear", "conv")
+KINDS = MATRIX_KINDS + ("embedding", "lm_head", "vector", "frozen")
+
+# A user override: (name, param, module or None) -> a kind from KINDS, or None to keep the default.
+Classifier = Callable[[str, torch.Tensor, Optional[nn.Module]], Optional[str]]
+
+# Ordered (pattern, kind) rules on the lower-cased full parameter name. First match wins.
+_NAME_RULES: tuple[tuple[str, str], ...] = (
+    (r"(^|\.)(lm_head|embed_out|output)\.weight$", "lm_head"),
+    (r"(embed|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", "embedding"),
+    (r"(q_proj|\.wq|\.query)\.weight$", "attn_q"),
+    (r"(k_proj|\.wk|\.key)\.weight$", "attn_k"),
+    (r"(v_proj|\.wv|\.value)\.weight$", "attn_v"),
+    (r"(qkv|c_attn|query_key_value|in_proj_weight)", "attn_qkv"),
+    (r"(o_proj|\.wo|out_proj)\.weight$", "attn_o"),
+    (r"(attn|attention).*(c_proj|dense|proj)\.weight$", "attn_o"),
+    (r"gate_up_proj\.weight$", "ffn_gate_up"),
+    (r"(gate_proj|\.w1)\.weight$", "ffn_gate"),
+    (r"(up_proj|\.w3|c_fc|fc1|fc_in|dense_h_to_4h)\.weight$", "ffn_up"),
+    (r"(down_proj|\.w2|fc2|fc_out|dense_4h_to_h)\.weight$", "ffn_down"),
+    (r"(mlp|ffn|feed_forward).*(c_proj|proj)\.weight$", "ffn_down"),
+)
+_COMPILED = tuple((re.compile(p), k) for p, k in _NAME_RULES)
+
+
+@dataclass
+class Layer:
+    """One LLR layer: a trainable parameter (all names it is known by, tied weights included)."""
+
+    name: str
+    kind: str
+    param: torch.Tensor
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.kind in MATRIX_KINDS or self.kind in ("embedding", "lm_head")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.param.shape)
+
+
+def kind_from_name(name: str, param: torch.Tensor, module: nn.Module | None = None) -> str:
+    """Default classification of one parameter from its name, shape and owning module."""
+    if not param.requires_grad:
+        return "frozen"
+    if param.dim() < 2:
+        return "vector"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    low = name.lower()
+    for pattern, kind in _COMPILED:
+        if pattern.search(low):
+            return kind
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or param.dim() > 2:
+        return "conv"
+    return "linear"
+
+
+def _owners(model: nn.Module) -> dict[int, tuple[torch.Tensor, list[str], list[nn.Module]]]:
+    """id(param) -> (param, all its qualified names, owning modules), tied parameters included."""
+    owners: dict[int, tuple[torch.Tensor, list[str], list[nn.Module]]] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for pname, p in mod.named_parameters(recurse=False):
+            _, names, mods = owners.setdefault(id(p), (p, [], []))
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            if full not in names:
+                names.append(full)
+                mods.append(mod)
+    return owners
+
+
+def classify_parameters(
+    source: nn.Module | Iterable[tuple[str, torch.Tensor]],
+    *,
+    classify: Classifier | None = None,
+) -> list[Layer]:
+    """Classify every parameter of a model, or of an iterable of (name, param) pairs, into LLR layers.
+
+    Returns one Layer per distinct parameter, in first-seen order. Tied parameters appear once; if any of
+    their owners is an embedding the layer is an embedding. ``classify`` may return a kind to override.
+    """
+    layers: list[Layer] = []
+    if isinstance(source, nn.Module):
+        for param, names, mods in _owners(source).values():
+            kinds = [kind_from_name(n, param, m) for n, m in zip(names, mods)]
+            kind = "embedding" if "embedding" in kinds else kinds[0]
+            layers.append(_override(Layer(names[0], kind, param, names), classify, mods[0]))
+        return layers
+    seen: dict[int, Layer] = {}
+    for item in source:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor)):
+            raise TypeError("classify_parameters expects an nn.Module or an iterable of (name, tensor) pairs")
+        name, param = item
+        if id(param) in seen:
+            seen[id(param)].aliases.append(name)
+            continue
+        layer = _override(Layer(name, kind_from_name(name, param), param, [name]), classify, None)
+        seen[id(param)] = layer
+        layers.append(layer)
+    return layers
+
+
+def _override(layer: Layer, classify: Classifier | None, module: nn.Module | None) -> Layer:
+    if classify is None:
+        return layer
+    kind = classify(layer.name, layer.param, module)
+    if kind is None:
+        return layer
+    if kind not in KINDS:
+        raise ValueError(f"classify returned {kind!r} for {layer.name!r}; it must return None or one of {KINDS}")
+    if kind in MATRIX_KINDS + ("embedding", "lm_head") and layer.param.dim() < 2:
+        raise ValueError(f"classify made {layer.name!r} a {kind!r} layer, but it is a {layer.param.dim()}-D tensor")
+    layer.kind = kind
+    return layer

@@ -1,0 +1,1 @@
+"""Optimizer-step ops: a pure-torch implementation per op, with Triton and C++/CUDA kernels beside it."""

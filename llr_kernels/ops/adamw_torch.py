@@ -1,0 +1,121 @@
+"""Multi-tensor AdamW step with one learning rate per tensor: the pure-torch implementation.
+
+This is the contract every fast backend (Triton, C++/CUDA) implements and is tested against. One call steps
+a list of tensors in place:
+
+    g      = grad * inv_scale * clip_coef          (negated when maximize)
+    p      = p * (1 - lr_i * wd_i)                   decoupled weight decay with the tensor's own LR
+    m      = lerp(m, g, 1 - beta1)
+    v      = beta2 * v + (1 - beta2) * g^2
+    vmax   = max(vmax, v)                            (amsgrad only; vmax replaces v below)
+    p      = p - lr_i / (1 - beta1^t_i) * m / (sqrt(v) / sqrt(1 - beta2^t_i) + eps)
+
+with t_i = steps[i] after the op incremented it. Math in float32 (float64 for float64 tensors); params in
+fp32/bf16/fp16; state in fp32 (or bf16). When ``found_inf`` is nonzero the call changes nothing, step
+counters included. With ``max_grad_norm`` the global norm of all (unscaled) grads is taken and
+clip_coef = min(1, max_grad_norm / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_ does.
+
+The update follows torch.optim.AdamW's single-tensor code operation for operation, so with fp32 tensors
+it reproduces torch.optim.AdamW(foreach=False) bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def global_grad_norm(grads: list[Tensor], inv_scale: Tensor | None = None) -> Tensor:
+    """L2 norm over all gradients (after unscaling), as a float32 0-d tensor on the grads' device."""
+    if not grads:
+        return torch.zeros(())
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    norm = torch.linalg.vector_norm(norms)
+    return norm * inv_scale.float() if inv_scale is not None else norm
+
+
+def clip_coefficient(norm: Tensor, max_grad_norm: float) -> Tensor:
+    """min(1, max_grad_norm / (norm + 1e-6)), on device: no host sync."""
+    return torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
+
+
+def adamw_step_torch(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None,
+    lrs: Tensor,
+    weight_decays: Tensor,
+    steps: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    inv_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    max_grad_norm: float | None = None,
+) -> Tensor | None:
+    """Step every tensor in place with its own LR; returns the global grad norm when clipping, else None.
+
+    lrs, weight_decays, steps: float32 tensors of shape (len(params),). steps is incremented here.
+    """
+    n = len(params)
+    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n == lrs.numel() == weight_decays.numel() == steps.numel()):
+        raise ValueError("params, grads, exp_avgs, exp_avg_sqs, lrs, weight_decays and steps must have one entry per tensor")
+    if amsgrad and (max_exp_avg_sqs is None or len(max_exp_avg_sqs) != n):
+        raise ValueError("amsgrad=True needs max_exp_avg_sqs with one tensor per param")
+    norm = None
+    if max_grad_norm is not None:
+        norm = global_grad_norm(grads, inv_scale)
+    # The torch path works with host scalars (one sync); fast backends keep everything on device.
+    if found_inf is not None and bool(found_inf.item() != 0):
+        return norm
+    steps.add_(1)
+    scale = 1.0 if inv_scale is None else float(inv_scale.item())
+    if norm is not None:
+        scale = scale * float(clip_coefficient(norm, max_grad_norm).item())
+    lr_list, wd_list, step_list = lrs.tolist(), weight_decays.tolist(), steps.tolist()
+    for i, p in enumerate(params):
+        lr, wd, step = lr_list[i], wd_list[i], step_list[i]
+        g = grads[i]
+        low_precision = p.dtype in (torch.bfloat16, torch.float16)
+        if low_precision:
+            p32 = p.float()
+            g = g.float()
+        else:
+            p32 = p
+        if scale != 1.0:
+            g = g * scale
+        if maximize:
+            g = -g
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        low_state = m.dtype != p32.dtype
+        if low_state:
+            m32, v32 = m.to(p32.dtype), v.to(p32.dtype)
+        else:
+            m32, v32 = m, v
+        p32.mul_(1 - lr * wd)
+        m32.lerp_(g.to(p32.dtype), 1 - beta1)
+        v32.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = bias_correction2**0.5
+        if amsgrad:
+            vmax = max_exp_avg_sqs[i]  # type: ignore[index]
+            vmax32 = vmax.to(p32.dtype) if low_state else vmax
+            torch.maximum(vmax32, v32, out=vmax32)
+            denom = (vmax32.sqrt() / bias_correction2_sqrt).add_(eps)
+            if low_state:
+                vmax.copy_(vmax32)
+        else:
+            denom = (v32.sqrt() / bias_correction2_sqrt).add_(eps)
+        p32.addcdiv_(m32, denom, value=-step_size)
+        if low_state:
+            m.copy_(m32)
+            v.copy_(v32)
+        if low_precision:
+            p.copy_(p32)
+    return norm

@@ -1,0 +1,166 @@
+"""Batched stochastic Lanczos quadrature (SLQ) on many symmetric PSD matrices at once.
+
+For a Gram G (n x n) and a Rademacher probe z, ``steps`` Lanczos steps from v0 = z / sqrt(n) give a
+tridiagonal T whose eigenvalues (Ritz nodes) and squared first eigenvector components (weights, summing
+to 1) form a Gauss quadrature of the probe's spectral measure sum_i (q_i^T z)^2 / n * delta(l_i), an
+unbiased estimate of the ESD. All layers and probes run together: each step is one batched matvec
+(B, P, n) @ (B, n, n) plus a full reorthogonalisation against the stored basis (two classical
+Gram-Schmidt passes; without it, lost orthogonality creates ghost copies of the top eigenvalues and
+skews the tail sum that Eq. 2 needs). The number of launches depends on ``steps``, never on B.
+
+Reading the Hill quantities off the nodes (threshold quantile and top-half log sum) lives in
+``slq_hill_torch`` here (reference) and ``hill_triton.hill_from_nodes_triton`` (one launch).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rademacher_probes(
+    bsz: int, probes: int, n: int, *, device: torch.device, dtype: torch.dtype, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(B, P, n) unit vectors with entries +-1/sqrt(n) (Rademacher: lowest-variance trace probes)."""
+    bits = torch.randint(0, 2, (bsz, probes, n), generator=generator, device="cpu", dtype=torch.int8)
+    z = (bits.to(dtype) * 2 - 1).to(device)
+    return z / math.sqrt(n)
+
+
+def lanczos_torch(
+    grams: torch.Tensor, v0: torch.Tensor, steps: int, *, reorth_passes: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lanczos tridiagonals for every (matrix, probe): diagonals (B, P, s) and off-diagonals (B, P, s-1).
+
+    grams: (B, n, n) symmetric; v0: (B, P, n) unit start vectors; steps s <= n.
+    A probe whose Krylov space is exhausted (beta ~ 0, e.g. a low-rank or scaled-identity Gram) stops
+    there: its remaining diagonal and off-diagonal entries are exactly 0, which decouples them in T so the
+    extra nodes get zero quadrature weight.
+    """
+    bsz, n, _ = grams.shape
+    probes = v0.shape[1]
+    if steps > n:
+        raise ValueError(f"steps ({steps}) must be <= n ({n}); a Krylov space cannot exceed the matrix size")
+    dt = grams.dtype
+    q = torch.zeros(bsz, probes, steps, n, dtype=dt, device=grams.device)
+    alpha = torch.zeros(bsz, probes, steps, dtype=dt, device=grams.device)
+    beta = torch.zeros(bsz, probes, max(steps - 1, 0), dtype=dt, device=grams.device)
+    # breakdown tolerance relative to the matrix scale (Frobenius norm bounds the spectral norm)
+    scale = grams.flatten(1).norm(dim=1).clamp_min(torch.finfo(dt).tiny)  # (B,)
+    tol = (scale * n * torch.finfo(dt).eps).view(bsz, 1)
+    v = v0.to(dt)
+    active = torch.ones(bsz, probes, dtype=torch.bool, device=grams.device)
+    for j in range(steps):
+        q[:, :, j] = v
+        w = torch.bmm(v, grams)  # (B, P, n); G symmetric so v G = (G v)^T
+        a = (w * v).sum(-1)
+        alpha[:, :, j] = a
+        if j == steps - 1:
+            break
+        basis = q[:, :, : j + 1]  # (B, P, j+1, n)
+        for _ in range(reorth_passes):  # full reorthogonalisation (also removes the a*v and b*v_prev terms)
+            c = torch.einsum("bpjn,bpn->bpj", basis, w)
+            w = w - torch.einsum("bpj,bpjn->bpn", c, basis)
+        b = w.norm(dim=-1)
+        active = active & (b > tol)
+        b = torch.where(active, b, torch.zeros_like(b))
+        beta[:, :, j] = b
+        v = torch.where(active.unsqueeze(-1), w / b.clamp_min(torch.finfo(dt).tiny).unsqueeze(-1), torch.zeros_like(w))
+    return alpha, beta
+
+
+def tridiag_eig_torch(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss nodes and weights of every tridiagonal: (..., s) ascending eigenvalues and squared first
+    components of their eigenvectors (Golub-Welsch), via dense batched eigh (reference path)."""
+    s = alpha.shape[-1]
+    t = torch.diag_embed(alpha)
+    if s > 1:
+        t = t + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+    evals, evecs = torch.linalg.eigh(t)
+    return evals, evecs[..., 0, :].square()
+
+
+def node_cells(nodes: torch.Tensor, weights: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Log-space cells for every node: (u, h, w) with each node's mass spread uniformly on [u-h, u+h].
+
+    nodes/weights: (B, P, s); floor: (B,) smallest eigenvalue treated as distinct from 0.
+    h is half the distance (in ln) to the nearest significant node of the same probe, so cells never
+    overlap and are symmetric: the smoothed CDF at a node is C_{j-1} + w_j / 2, the midpoint of the
+    Chebyshev-Markov-Stieltjes bracket [C_{j-1}, C_j] the true CDF must lie in. Interpolating pooled
+    cumulative weights instead puts every probe's CDF at one end of that bracket, a bias that more
+    probes average but never remove. Symmetric cells also keep the mean of ln(l) of each node, so
+    the tail log-sum away from the threshold is exactly the Gauss rule.
+    """
+    sig = weights > 1e-12  # nodes of a decoupled (post-breakdown) block carry no mass
+    u = torch.log(torch.maximum(nodes, floor.view(-1, 1, 1)))
+    big = torch.finfo(u.dtype).max / 8
+    u_key = torch.where(sig, u, torch.full_like(u, big))
+    u_sorted, order = torch.sort(u_key, dim=-1)
+    w_sorted = torch.where(u_sorted < big, torch.gather(weights, -1, order), torch.zeros_like(u_sorted))
+    gap = u_sorted.diff(dim=-1)  # (B, P, s-1); gaps to insignificant nodes are ~big
+    inf = torch.full_like(u_sorted[..., :1], big)
+    left = torch.cat([inf, gap], -1)
+    right = torch.cat([gap, inf], -1)
+    h = 0.5 * torch.minimum(left, right)
+    tiny = 1e-9
+    h = torch.where(h > big / 4, torch.full_like(h, tiny), h.clamp_min(tiny))  # lone node -> point mass
+    u_sorted = torch.where(w_sorted > 0, u_sorted, torch.zeros_like(u_sorted))
+    w_sorted = w_sorted / w_sorted.sum(-1, keepdim=True).clamp_min(1e-300)
+    return u_sorted, h, w_sorted
+
+
+def slq_hill_torch(
+    nodes: torch.Tensor,
+    weights: torch.Tensor,
+    n: torch.Tensor,
+    q: torch.Tensor,
+    floor: torch.Tensor,
+    groups: int,
+    iters: int = 60,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Threshold and top log-sum from Gauss nodes, for the full probe set and each leave-one-group-out set.
+
+    nodes/weights: (B, P, s); n: (B,) matrix sizes; q: (B,) target CDF level of the threshold eigenvalue
+    (e.g. (n - k - 1/2) / n for Eq. 2); floor: (B,); groups: number of jackknife probe groups (divides P).
+    Returns (ln_thr (B, 1+G), logsum (B, 1+G), mass_at_floor (B,)), where logsum estimates
+    sum over eigenvalues above the threshold of ln(l / thr) (the denominator of Eq. 2) and replicate 0
+    uses all probes, replicate g the probes outside group g-1.
+    """
+    u, h, w = node_cells(nodes, weights, floor)
+    bsz, probes, s = u.shape
+    pg = probes // groups
+    # replicate masks over probes: (R, P)
+    gid = torch.arange(probes, device=u.device) // pg
+    mask = torch.ones(groups + 1, probes, dtype=u.dtype, device=u.device)
+    mask[1:] = (gid.view(1, -1) != torch.arange(groups, device=u.device).view(-1, 1)).to(u.dtype)
+    mask = mask / mask.sum(1, keepdim=True)  # average over the replicate's probes
+    wm = torch.einsum("rp,bps->brps", mask, w)  # (B, R, P, s)
+    lo_c = (u - h).unsqueeze(1)
+    width = (2 * h).unsqueeze(1)
+
+    def cdf(x: torch.Tensor) -> torch.Tensor:  # x (B, R) in ln space
+        frac = ((x.view(bsz, -1, 1, 1) - lo_c) / width).clamp(0, 1)
+        return (wm * frac).sum((-1, -2))
+
+    valid = w > 0
+    lo = torch.where(valid, u - h, torch.full_like(u, float("inf"))).amin((-1, -2))
+    hi = torch.where(valid, u + h, torch.full_like(u, -float("inf"))).amax((-1, -2))
+    lo = lo.view(-1, 1).expand(bsz, groups + 1).clone()
+    hi = hi.view(-1, 1).expand(bsz, groups + 1).clone()
+    target = q.to(u.dtype).view(-1, 1)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        below = cdf(mid) < target
+        lo = torch.where(below, mid, lo)
+        hi = torch.where(below, hi, mid)
+    ut = 0.5 * (lo + hi)  # (B, R)
+    # E[(U - ut)_+] for U uniform on [u-h, u+h]
+    a = lo_c
+    b = a + width
+    x = ut.view(bsz, -1, 1, 1)
+    part = torch.where(
+        x <= a, u.unsqueeze(1) - x, torch.where(x >= b, torch.zeros_like(a), (b - x).square() / (2 * width))
+    )
+    logsum = (wm * part).sum((-1, -2)) * n.to(u.dtype).view(-1, 1)
+    at_floor = (w * (u <= torch.log(floor).view(-1, 1, 1) + 1e-12).to(u.dtype)).sum(-1).mean(-1)
+    return ut, logsum, at_floor
