@@ -28,10 +28,10 @@ Classifier = Callable[[str, torch.Tensor, Optional[nn.Module]], Optional[str]]
 _NAME_RULES: tuple[tuple[str, str], ...] = (
     (r"(^|\.)(lm_head|embed_out|output)\.weight$", "lm_head"),
     (r"(embed|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", "embedding"),
+    (r"(qkv|c_attn|query_key_value|in_proj_weight)", "attn_qkv"),
     (r"(q_proj|\.wq|\.query)\.weight$", "attn_q"),
     (r"(k_proj|\.wk|\.key)\.weight$", "attn_k"),
     (r"(v_proj|\.wv|\.value)\.weight$", "attn_v"),
-    (r"(qkv|c_attn|query_key_value|in_proj_weight)", "attn_qkv"),
     (r"(o_proj|\.wo|out_proj)\.weight$", "attn_o"),
     (r"(attn|attention).*(c_proj|dense|proj)\.weight$", "attn_o"),
     (r"gate_up_proj\.weight$", "ffn_gate_up"),
@@ -105,7 +105,7 @@ def classify_parameters(
     if isinstance(source, nn.Module):
         for param, names, mods in _owners(source).values():
             kinds = [kind_from_name(n, param, m) for n, m in zip(names, mods)]
-            kind = "embedding" if "embedding" in kinds else kinds[0]
+            kind = _tied_kind(kinds)
             layers.append(_override(Layer(names[0], kind, param, names), classify, mods[0]))
         return layers
     seen: dict[int, Layer] = {}
@@ -114,12 +114,20 @@ def classify_parameters(
             raise TypeError("classify_parameters expects an nn.Module or an iterable of (name, tensor) pairs")
         name, param = item
         if id(param) in seen:
-            seen[id(param)].aliases.append(name)
+            layer = seen[id(param)]
+            layer.aliases.append(name)
+            if classify is None:
+                layer.kind = _tied_kind([layer.kind, kind_from_name(name, param)])
             continue
         layer = _override(Layer(name, kind_from_name(name, param), param, [name]), classify, None)
         seen[id(param)] = layer
         layers.append(layer)
     return layers
+
+
+def _tied_kind(kinds: list[str]) -> str:
+    """A weight shared by an embedding and an output head is one embedding layer."""
+    return "embedding" if "embedding" in kinds or (len(kinds) > 1 and "lm_head" in kinds) else kinds[0]
 
 
 def _override(layer: Layer, classify: Classifier | None, module: nn.Module | None) -> Layer:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -38,7 +38,104 @@ def validate_adamw_args(lr: float, betas: tuple[float, float], eps: float, weigh
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
 
 
-class LLRAdamW(LLROptimizer):
+class FusedAdamWPart:
+    """The fused multi-LR AdamW step over a chosen set of param groups (LLRAdamW, and LLRMuon's AdamW part).
+
+    Mixed into an ``LLROptimizer`` that sets ``state_dtype``, ``last_grad_norm``, ``_launches`` and
+    ``_signature``; its groups carry lr, betas, eps, weight_decay, amsgrad, maximize.
+    """
+
+    # ----- the cached launch table ------------------------------------------------------------------
+    def _state_for(self, p: torch.Tensor, amsgrad: bool) -> dict[str, torch.Tensor]:
+        st = self.state[p]
+        if "exp_avg" not in st:
+            sdt = self.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
+            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+        if amsgrad and "max_exp_avg_sq" not in st:
+            st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
+        return st
+
+    def _build_launches(self, active: list[tuple[int, torch.Tensor]]) -> None:
+        """Group stepping tensors into launches and make the per-tensor buffers (only when the set changes)."""
+        buckets: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for gi, p in active:
+            g = self.param_groups[gi]
+            st = self._state_for(p, g["amsgrad"])
+            key = (p.device, p.dtype, st["exp_avg"].dtype, tuple(g["betas"]), g["eps"], g["amsgrad"], g["maximize"])
+            buckets.setdefault(key, []).append((gi, p))
+        self._launches = []
+        for (device, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
+            backend, _ = get_op("adamw_step", self.backend, device)
+            buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
+            params = [p for _, p in items]
+            steps = torch.stack([self.state[p]["step"].to(torch.float32).reshape(()) for p in params]).to(device)
+            for i, p in enumerate(params):
+                self.state[p]["step"] = steps[i]
+            self._launches.append(
+                _Launch(
+                    params=params,
+                    group_index=torch.tensor([gi for gi, _ in items], dtype=torch.long),
+                    layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long),
+                    lrs=torch.zeros(len(params), dtype=buf_dtype, device=device),
+                    weight_decays=torch.zeros(len(params), dtype=buf_dtype, device=device),
+                    steps=steps,
+                    options=dict(beta1=betas[0], beta2=betas[1], eps=eps, amsgrad=amsgrad, maximize=maximize),
+                )
+            )
+
+    def _on_state_loaded(self) -> None:
+        self._signature = None  # step views must be rebuilt over the loaded state
+
+    # ----- the step ---------------------------------------------------------------------------------
+    def _adamw_step(self, multipliers: torch.Tensor, group_ids: Iterable[int], max_grad_norm: float | None) -> None:
+        """Step the tensors of param groups ``group_ids`` with the fused op; clip their grads if asked."""
+        active = []
+        for gi in group_ids:
+            g = self.param_groups[gi]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use dense embeddings")
+                active.append((gi, p))
+        signature = tuple((gi, id(p)) for gi, p in active)
+        if signature != self._signature:
+            self._build_launches(active)
+            self._signature = signature
+        if not active:
+            return
+        group_lr = torch.tensor([float(g["lr"]) for g in self.param_groups], dtype=torch.float64)
+        group_wd = torch.tensor([float(g["weight_decay"]) for g in self.param_groups], dtype=torch.float64)
+        clip_here = max_grad_norm is not None and len(self._launches) == 1
+        if max_grad_norm is not None and not clip_here:
+            grads = [p.grad for _, p in active]
+            self.last_grad_norm = global_grad_norm(grads)
+            coef = clip_coefficient(self.last_grad_norm, max_grad_norm)
+            torch._foreach_mul_(grads, coef.to(grads[0].device))
+        for launch in self._launches:
+            launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
+            launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)
+            backend, op = get_op("adamw_step", self.backend, launch.params[0].device)
+            states = [self.state[p] for p in launch.params]
+            norm = op(
+                launch.params,
+                [p.grad for p in launch.params],
+                [st["exp_avg"] for st in states],
+                [st["exp_avg_sq"] for st in states],
+                [st["max_exp_avg_sq"] for st in states] if launch.options["amsgrad"] else None,
+                launch.lrs,
+                launch.weight_decays,
+                launch.steps,
+                max_grad_norm=max_grad_norm if clip_here else None,
+                **launch.options,
+            )
+            if clip_here:
+                self.last_grad_norm = norm
+
+
+class LLRAdamW(FusedAdamWPart, LLROptimizer):
     """AdamW with layerwise learning rates from PL_Alpha_Hill (LLR), stepped by one fused multi-LR op.
 
     params: an ``nn.Module`` (recommended: layer kinds come from module types and names), an iterable of
@@ -99,89 +196,6 @@ class LLRAdamW(LLROptimizer):
         self._launches: list[_Launch] = []
         self._signature: tuple | None = None
 
-    # ----- the cached launch table ------------------------------------------------------------------
-    def _state_for(self, p: torch.Tensor, amsgrad: bool) -> dict[str, torch.Tensor]:
-        st = self.state[p]
-        if "exp_avg" not in st:
-            sdt = self.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
-            st["step"] = torch.tensor(0.0, dtype=torch.float32)
-            st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-        if amsgrad and "max_exp_avg_sq" not in st:
-            st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
-        return st
-
-    def _build_launches(self, active: list[tuple[int, torch.Tensor]]) -> None:
-        """Group stepping tensors into launches and make the per-tensor buffers (only when the set changes)."""
-        buckets: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-        for gi, p in active:
-            g = self.param_groups[gi]
-            st = self._state_for(p, g["amsgrad"])
-            key = (p.device, p.dtype, st["exp_avg"].dtype, tuple(g["betas"]), g["eps"], g["amsgrad"], g["maximize"])
-            buckets.setdefault(key, []).append((gi, p))
-        self._launches = []
-        for (device, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
-            backend, _ = get_op("adamw_step", self.backend, device)
-            buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
-            params = [p for _, p in items]
-            steps = torch.stack([self.state[p]["step"].to(torch.float32).reshape(()) for p in params]).to(device)
-            for i, p in enumerate(params):
-                self.state[p]["step"] = steps[i]
-            self._launches.append(
-                _Launch(
-                    params=params,
-                    group_index=torch.tensor([gi for gi, _ in items], dtype=torch.long),
-                    layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long),
-                    lrs=torch.zeros(len(params), dtype=buf_dtype, device=device),
-                    weight_decays=torch.zeros(len(params), dtype=buf_dtype, device=device),
-                    steps=steps,
-                    options=dict(beta1=betas[0], beta2=betas[1], eps=eps, amsgrad=amsgrad, maximize=maximize),
-                )
-            )
-
-    def _on_state_loaded(self) -> None:
-        self._signature = None  # step views must be rebuilt over the loaded state
-
-    # ----- the step ---------------------------------------------------------------------------------
     def _step_params(self, multipliers: torch.Tensor) -> None:
-        active = []
-        for gi, g in enumerate(self.param_groups):
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LLRAdamW does not support sparse gradients; use dense embeddings")
-                active.append((gi, p))
-        signature = tuple((gi, id(p)) for gi, p in active)
-        if signature != self._signature:
-            self._build_launches(active)
-            self._signature = signature
-        if not active:
-            return
-        group_lr = torch.tensor([float(g["lr"]) for g in self.param_groups], dtype=torch.float64)
-        group_wd = torch.tensor([float(g["weight_decay"]) for g in self.param_groups], dtype=torch.float64)
-        clip_here = self.max_grad_norm is not None and len(self._launches) == 1
-        if self.max_grad_norm is not None and not clip_here:
-            grads = [p.grad for _, p in active]
-            self.last_grad_norm = global_grad_norm(grads)
-            coef = clip_coefficient(self.last_grad_norm, self.max_grad_norm)
-            torch._foreach_mul_(grads, coef.to(grads[0].device))
-        for launch in self._launches:
-            launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
-            launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)
-            backend, op = get_op("adamw_step", self.backend, launch.params[0].device)
-            states = [self.state[p] for p in launch.params]
-            norm = op(
-                launch.params,
-                [p.grad for p in launch.params],
-                [st["exp_avg"] for st in states],
-                [st["exp_avg_sq"] for st in states],
-                [st["max_exp_avg_sq"] for st in states] if launch.options["amsgrad"] else None,
-                launch.lrs,
-                launch.weight_decays,
-                launch.steps,
-                max_grad_norm=self.max_grad_norm if clip_here else None,
-                **launch.options,
-            )
-            if clip_here:
-                self.last_grad_norm = norm
+        self._adamw_step(multipliers, range(len(self.param_groups)), self.max_grad_norm)
+

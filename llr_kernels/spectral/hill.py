@@ -112,7 +112,9 @@ def hill_from_eigenvalues(
     safe_thr = torch.where(ok_thr, thr, torch.ones_like(thr))
     logsum = torch.log(e[:, top] / safe_thr.unsqueeze(1)).sum(dim=1)
     alpha = 1.0 + num / logsum
-    bad = ~finite | ~ok_thr | (logsum <= 0)
+    # A mean log-ratio within rounding of zero means the top half equals the threshold: no tail to fit.
+    flat = logsum <= num * 10 * n * torch.finfo(e.dtype).eps
+    bad = ~finite | ~ok_thr | flat
     alpha = torch.where(bad, torch.full_like(alpha, float("nan")), alpha)
     for b in torch.nonzero(bad).flatten().tolist():
         if not bool(finite[b]):
