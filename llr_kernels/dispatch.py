@@ -20,6 +20,40 @@ BACKENDS = ("auto", "triton", "cpp", "torch")
 _OPS: dict[str, dict[str, str]] = {
     "adamw_step": {
         "torch": "llr_kernels.ops.adamw_torch:adamw_step_torch",
+        "triton": "llr_kernels.ops.adamw_triton:adamw_step_triton",
+        "cpp": "llr_kernels.ops.adamw_cpp:adamw_step_cpp",
+    },
+    # Muon (issue: LLRMuon); see llr_kernels/ops/muon_torch.py for the contract
+    "muon_momentum": {
+        "torch": "llr_kernels.ops.muon_torch:muon_momentum_torch",
+        "triton": "llr_kernels.ops.muon_triton:muon_momentum_triton",
+    },
+    "muon_apply": {
+        "torch": "llr_kernels.ops.muon_torch:muon_apply_torch",
+        "triton": "llr_kernels.ops.muon_triton:muon_apply_triton",
+    },
+    "newton_schulz": {
+        "torch": "llr_kernels.ops.newton_schulz:newton_schulz",
+    },
+    # spectral (issue: spectral kernels); see llr_kernels/spectral/fast.py
+    "gram": {
+        "torch": "llr_kernels.spectral.gram_torch:gram_batch_torch",
+        "triton": "llr_kernels.spectral.gram_triton:gram_batch_triton",
+    },
+    "hill_eigs": {
+        "torch": "llr_kernels.spectral.hill_torch:hill_eigs_torch",
+        "triton": "llr_kernels.spectral.hill_triton:hill_eigs_triton",
+    },
+    "hill_nodes": {
+        "torch": "llr_kernels.spectral.lanczos:slq_hill_torch",
+        "triton": "llr_kernels.spectral.hill_triton:hill_nodes_triton",
+    },
+    "lanczos": {
+        "torch": "llr_kernels.spectral.lanczos:lanczos_torch",
+    },
+    "tridiag_eig": {
+        "torch": "llr_kernels.spectral.lanczos:tridiag_eig_torch",
+        "cpp": "llr_kernels.spectral.tridiag_cpp:tridiag_eig_cpp",
     },
 }
 

@@ -49,6 +49,7 @@ def lanczos_torch(
     scale = grams.flatten(1).norm(dim=1).clamp_min(torch.finfo(dt).tiny)  # (B,)
     tol = (scale * n * torch.finfo(dt).eps).view(bsz, 1)
     v = v0.to(dt)
+    qf = q.view(bsz * probes, steps, n)
     active = torch.ones(bsz, probes, dtype=torch.bool, device=grams.device)
     for j in range(steps):
         q[:, :, j] = v
@@ -57,10 +58,12 @@ def lanczos_torch(
         alpha[:, :, j] = a
         if j == steps - 1:
             break
-        basis = q[:, :, : j + 1]  # (B, P, j+1, n)
+        basis = qf[:, : j + 1]  # (B*P, j+1, n)
+        wf = w.reshape(bsz * probes, n, 1)
         for _ in range(reorth_passes):  # full reorthogonalisation (also removes the a*v and b*v_prev terms)
-            c = torch.einsum("bpjn,bpn->bpj", basis, w)
-            w = w - torch.einsum("bpj,bpjn->bpn", c, basis)
+            c = torch.bmm(basis, wf)  # (B*P, j+1, 1)
+            wf = torch.baddbmm(wf, basis.transpose(1, 2), c, alpha=-1.0)
+        w = wf.view(bsz, probes, n)
         b = w.norm(dim=-1)
         active = active & (b > tol)
         b = torch.where(active, b, torch.zeros_like(b))
@@ -101,9 +104,11 @@ def node_cells(nodes: torch.Tensor, weights: torch.Tensor, floor: torch.Tensor) 
     inf = torch.full_like(u_sorted[..., :1], big)
     left = torch.cat([inf, gap], -1)
     right = torch.cat([gap, inf], -1)
-    h = 0.5 * torch.minimum(left, right)
+    lf, rf = left < big / 4, right < big / 4
+    both = 0.25 * (torch.where(lf, left, 0 * left) + torch.where(rf, right, 0 * right))
+    h = torch.where(lf & rf, both, 2 * both)  # extreme node: half its one gap
     tiny = 1e-9
-    h = torch.where(h > big / 4, torch.full_like(h, tiny), h.clamp_min(tiny))  # lone node -> point mass
+    h = torch.where(lf | rf, h.clamp_min(tiny), torch.full_like(h, tiny))  # lone node -> point mass
     u_sorted = torch.where(w_sorted > 0, u_sorted, torch.zeros_like(u_sorted))
     w_sorted = w_sorted / w_sorted.sum(-1, keepdim=True).clamp_min(1e-300)
     return u_sorted, h, w_sorted
