@@ -9,7 +9,6 @@ from torch import nn
 
 from ..dispatch import get_op
 from ..layers import Classifier
-from ..ops.adamw_torch import clip_coefficient, global_grad_norm
 from ..policy import LLRConfig
 from .base import LLROptimizer
 
@@ -25,6 +24,15 @@ class _Launch:
     weight_decays: torch.Tensor  # (N,) per-tensor weight decay on device
     steps: torch.Tensor  # (N,) per-tensor step counters on device; state[p]["step"] are views of it
     options: dict[str, Any]
+
+
+def _is_dtensor(t: object) -> bool:
+    return callable(getattr(t, "to_local", None))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2/DTensor tensor (elementwise steps act on shards); plain tensors as is."""
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def validate_adamw_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
@@ -66,7 +74,8 @@ class FusedAdamWPart:
             key = (p.device, p.dtype, st["exp_avg"].dtype, tuple(g["betas"]), g["eps"], g["amsgrad"], g["maximize"])
             buckets.setdefault(key, []).append((gi, p))
         self._launches = []
-        for (device, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
+        for (_, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
+            device = _local(items[0][1]).device
             backend, _ = get_op("adamw_step", self.backend, device)
             buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
             params = [p for _, p in items]
@@ -108,23 +117,23 @@ class FusedAdamWPart:
             return
         group_lr = torch.tensor([float(g["lr"]) for g in self.param_groups], dtype=torch.float64)
         group_wd = torch.tensor([float(g["weight_decay"]) for g in self.param_groups], dtype=torch.float64)
-        clip_here = max_grad_norm is not None and len(self._launches) == 1
+        sharded = any(_is_dtensor(p) for _, p in active)
+        clip_here = max_grad_norm is not None and len(self._launches) == 1 and not sharded
         if max_grad_norm is not None and not clip_here:
-            grads = [p.grad for _, p in active]
-            self.last_grad_norm = global_grad_norm(grads)
-            coef = clip_coefficient(self.last_grad_norm, max_grad_norm)
-            torch._foreach_mul_(grads, coef.to(grads[0].device))
+            # several launches or sharded grads: the norm must span all of them (all ranks for DTensors)
+            norm = torch.nn.utils.clip_grad_norm_([p for _, p in active], max_grad_norm)
+            self.last_grad_norm = norm.full_tensor() if _is_dtensor(norm) else norm
         for launch in self._launches:
             launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
             launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)
-            backend, op = get_op("adamw_step", self.backend, launch.params[0].device)
+            _, op = get_op("adamw_step", self.backend, launch.steps.device)
             states = [self.state[p] for p in launch.params]
             norm = op(
-                launch.params,
-                [p.grad for p in launch.params],
-                [st["exp_avg"] for st in states],
-                [st["exp_avg_sq"] for st in states],
-                [st["max_exp_avg_sq"] for st in states] if launch.options["amsgrad"] else None,
+                [_local(p) for p in launch.params],
+                [_local(p.grad) for p in launch.params],
+                [_local(st["exp_avg"]) for st in states],
+                [_local(st["exp_avg_sq"]) for st in states],
+                [_local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else None,
                 launch.lrs,
                 launch.weight_decays,
                 launch.steps,
