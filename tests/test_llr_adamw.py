@@ -206,3 +206,33 @@ def test_clipping_matches_clip_grad_norm_then_adamw():
         assert float(opt.last_grad_norm) == pytest.approx(float(norm), rel=1e-5)
     for p, q in zip(model.parameters(), ref_model.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_params_keep_fp32_state_through_a_checkpoint():
+    torch.manual_seed(0)
+    model = fresh_model().to(torch.bfloat16)
+    opt = LLRAdamW(model, lr=1e-3, s=2.0, interval=3, backend="torch")
+    data = batches(8)
+
+    def step(m, o, idx):
+        o.zero_grad()
+        lm_loss(m, idx).float().backward()
+        o.step()
+
+    for idx in data[:4]:
+        step(model, opt, idx)
+    buf = io.BytesIO()
+    torch.save({"m": model.state_dict(), "o": opt.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    model2 = fresh_model().to(torch.bfloat16)
+    model2.load_state_dict(ck["m"])
+    opt2 = LLRAdamW(model2, lr=1e-3, s=2.0, interval=3, backend="torch")
+    opt2.load_state_dict(ck["o"])
+    p2 = next(iter(model2.parameters()))
+    assert opt2.state[p2]["exp_avg"].dtype == torch.float32
+    for idx in data[4:]:
+        step(model, opt, idx)
+        step(model2, opt2, idx)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)

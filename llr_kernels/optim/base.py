@@ -201,11 +201,21 @@ class LLROptimizer(torch.optim.Optimizer):
         if llr["layer_names"] != names:
             raise ValueError("the saved LLR layers do not match this optimizer's layers (different model or parameter order)")
         super().load_state_dict(state_dict)
+        self._restore_state_dtypes(state_dict["state"])
         self.llr.load_state_dict(llr["policy"])
         self.llr_step = int(llr["step"])
         self.hill_status = list(llr["hill_status"])
         self.llr_update_seconds = float(llr["update_seconds"])
         self._on_state_loaded()
+
+    def _restore_state_dtypes(self, saved: dict[Any, dict[str, Any]]) -> None:
+        """Undo torch's cast of loaded state to the param dtype: fp32 moments of bf16 params stay fp32."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
+            for key, value in saved.get(i, {}).items():
+                cur = self.state[p].get(key)
+                if isinstance(value, torch.Tensor) and isinstance(cur, torch.Tensor) and cur.dtype != value.dtype:
+                    self.state[p][key] = value.to(device=cur.device, copy=True)
 
     def _on_state_loaded(self) -> None:
         """Hook for subclasses that cache buffers built from state."""
