@@ -4,7 +4,7 @@
     opt = LLRAdamW(model, lr=1e-3, weight_decay=0.1, s=3.0, interval=500, total_steps=T)
 """
 from .layers import KINDS, Layer, classify_parameters
-from .optim import LLRAdamW, LLROptimizer
+from .optim import LLRAdamW, LLRMuon, LLROptimizer
 from .policy import LLRConfig, LLRPolicy, llr_multipliers
 from .spectral import HillResult, hill_alpha
 
@@ -14,6 +14,7 @@ __all__ = [
     "KINDS",
     "HillResult",
     "LLRAdamW",
+    "LLRMuon",
     "LLRConfig",
     "LLROptimizer",
     "LLRPolicy",

@@ -325,7 +325,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             )
         # 2. Newton-Schulz, one batch per shape bucket
         for b in plan.buckets:
-            newton_schulz(b.updates, b.coefficients, b.steps, eps=b.eps, dtype=self.ns_dtype, out=b.ortho)
+            newton_schulz(b.updates, b.coefficients, b.steps, eps=b.eps, dtype=self.ns_dtype, out=b.ortho, overwrite_input=True)
         # 3. decoupled weight decay + update with each matrix's LR
         group_lr = torch.tensor([float(g["lr"]) for g in self.param_groups], dtype=torch.float64)
         group_wd = torch.tensor([float(g["weight_decay"]) for g in self.param_groups], dtype=torch.float64)

@@ -1,0 +1,21 @@
+// The one PYBIND11_MODULE of the extension: runs every LLR_REGISTER_OPS function (see registry.h).
+#include "registry.h"
+
+namespace llr {
+
+std::vector<Registrar>& registrars() {
+  static std::vector<Registrar> all;
+  return all;
+}
+
+}  // namespace llr
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "llr_kernels C++/CUDA extension";
+#ifdef LLR_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  for (auto reg : llr::registrars()) reg(m);
+}

@@ -1,0 +1,300 @@
+"""Multi-tensor AdamW step with one learning rate per tensor, in Triton: one launch per dtype bucket.
+
+Same arguments and semantics as :func:`llr_kernels.ops.adamw_torch.adamw_step_torch`, without host syncs:
+the LRs, weight decays, step counters, ``inv_scale``, ``found_inf`` and the clip factor are read on device,
+so the LR buffer can change between steps (or inside a CUDA graph) at no cost.
+
+How it works: the tensors are described by cached device tables (see ``_work_table``): one program per
+(tensor, chunk of ``CHUNK`` elements) row. A program reads its tensor's addresses, LR, weight decay and step
+counter, computes the bias corrections in fp32, and streams its chunk in ``BLOCK``-element pieces (unmasked
+full blocks, then one masked tail, so that aligned tensors get vector loads). The step counter of a tensor is
+incremented in the same launch: every program of the tensor reads the old value and then bumps an int32
+counter atomically; the program that comes last writes ``step + 1`` and resets the counter. With
+``found_inf != 0`` every program does nothing. With ``max_grad_norm``, a first launch writes the squared norm
+of every chunk, torch sums them (one small reduction), and the step kernel derives the clip factor from it.
+
+fp64 params are stepped by the torch reference (Triton's fp64 math buys nothing here).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import _work_table as wt
+from .adamw_torch import adamw_step_torch
+
+CHUNK = 32768  # elements per program
+# elements per inner iteration; the interpreter pays per op, not per element, so it gets fewer, larger blocks
+_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BLOCK = 8192 if _INTERPRETED else 1024
+NUM_WARPS = 4
+
+build_count = wt.build_count  # number of work tables built so far (re-exported for tests)
+meta_upload_count = wt.meta_upload_count
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+@triton.jit
+def _one_minus_pow(log_beta, step):
+    """1 - beta**step for 0 < beta < 1, accurate in fp32 also when beta**step is close to 1."""
+    x = step * log_beta
+    series = -x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))))
+    return tl.where(x > -0.1, series, 1.0 - tl.exp(x))
+
+
+@triton.jit
+def _cast_out(x, DT: tl.constexpr, MANUAL_RTNE: tl.constexpr):
+    """fp32 -> DT, rounding to nearest even. The interpreter truncates fp32 -> bf16, so there the rounding is
+    done by hand (MANUAL_RTNE); compiled kernels round natively."""
+    if MANUAL_RTNE:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + (0x7FFF + ((bits >> 16) & 1))
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DT)
+
+
+@triton.jit
+def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n, decay, w1, beta2, w2, step_size, bc2_sqrt, eps,
+                 gscale, P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                 MASKED: tl.constexpr, P_RTNE: tl.constexpr, S_RTNE: tl.constexpr):
+    if MASKED:
+        mask = offs < n
+        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        p = tl.load(p_ptr + offs).to(tl.float32)
+        g = tl.load(g_ptr + offs).to(tl.float32)
+        m = tl.load(m_ptr + offs).to(tl.float32)
+        v = tl.load(v_ptr + offs).to(tl.float32)
+    g = g * gscale
+    if MAXIMIZE:
+        g = -g
+    p = p * decay
+    m = m + w1 * (g - m)
+    v = v * beta2 + w2 * g * g
+    vh = v
+    if AMSGRAD:
+        if MASKED:
+            vmax = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        else:
+            vmax = tl.load(x_ptr + offs).to(tl.float32)
+        vh = tl.maximum(vmax, v)
+        if MASKED:
+            tl.store(x_ptr + offs, _cast_out(vh, S_DT, S_RTNE), mask=mask)
+        else:
+            tl.store(x_ptr + offs, _cast_out(vh, S_DT, S_RTNE))
+    denom = tl.sqrt_rn(vh) / bc2_sqrt + eps
+    p = p - step_size * (m / denom)
+    if MASKED:
+        tl.store(p_ptr + offs, _cast_out(p, P_DT, P_RTNE), mask=mask)
+        tl.store(m_ptr + offs, _cast_out(m, S_DT, S_RTNE), mask=mask)
+        tl.store(v_ptr + offs, _cast_out(v, S_DT, S_RTNE), mask=mask)
+    else:
+        tl.store(p_ptr + offs, _cast_out(p, P_DT, P_RTNE))
+        tl.store(m_ptr + offs, _cast_out(m, S_DT, S_RTNE))
+        tl.store(v_ptr + offs, _cast_out(v, S_DT, S_RTNE))
+
+
+@triton.jit
+def _adamw_kernel(work_ptr, meta_ptr, counter_ptr, lr_ptr, wd_ptr, step_ptr, scale_ptr, found_inf_ptr, sumsq_ptr,
+                  max_grad_norm, w1, beta2, w2, log_beta1, log_beta2, eps,
+                  P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr,
+                  MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_CLIP: tl.constexpr,
+                  ALIGNED: tl.constexpr, META_COLS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+                  P_RTNE: tl.constexpr, S_RTNE: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(work_ptr + 2 * pid)
+    start = tl.load(work_ptr + 2 * pid + 1)
+    if HAS_INF:
+        found = tl.load(found_inf_ptr).to(tl.float32)
+    else:
+        found = 0.0
+    if found == 0.0:
+        row = meta_ptr + t * META_COLS
+        numel = tl.load(row + 5)
+        gidx = tl.load(row + 6)
+        nchunks = tl.load(row + 7)
+        # Step counter: read the old value here; the last program of this tensor to pass writes it back + 1.
+        step = tl.load(step_ptr + gidx) + 1.0
+        arrived = tl.atomic_add(counter_ptr + t, 1)
+        if arrived == nchunks - 1:
+            tl.store(step_ptr + gidx, step)
+            tl.store(counter_ptr + t, 0)
+        lr = tl.load(lr_ptr + gidx)
+        wd = tl.load(wd_ptr + gidx)
+        step_size = lr / _one_minus_pow(log_beta1, step)
+        bc2_sqrt = tl.sqrt_rn(_one_minus_pow(log_beta2, step))
+        decay = 1.0 - lr * wd
+        if HAS_SCALE:
+            gscale = tl.load(scale_ptr).to(tl.float32)
+        else:
+            gscale = 1.0
+        if HAS_CLIP:
+            norm = tl.sqrt_rn(tl.load(sumsq_ptr)) * gscale
+            gscale = gscale * tl.minimum(max_grad_norm / (norm + 1e-6), 1.0)
+        p_addr = tl.load(row + 0)
+        g_addr = tl.load(row + 1)
+        m_addr = tl.load(row + 2)
+        v_addr = tl.load(row + 3)
+        x_addr = tl.load(row + 4)
+        p_ptr = p_addr.to(tl.pointer_type(P_DT)) + start
+        g_ptr = g_addr.to(tl.pointer_type(G_DT)) + start
+        m_ptr = m_addr.to(tl.pointer_type(S_DT)) + start
+        v_ptr = v_addr.to(tl.pointer_type(S_DT)) + start
+        x_ptr = x_addr.to(tl.pointer_type(S_DT)) + start
+        if ALIGNED:  # every base address is 16-byte aligned and start is a multiple of CHUNK: vector loads
+            p_ptr = tl.multiple_of(p_ptr, 16)
+            g_ptr = tl.multiple_of(g_ptr, 16)
+            m_ptr = tl.multiple_of(m_ptr, 16)
+            v_ptr = tl.multiple_of(v_ptr, 16)
+            x_ptr = tl.multiple_of(x_ptr, 16)
+        n_here = tl.minimum(numel - start, CHUNK)
+        n_blocks = n_here // BLOCK
+        arange = tl.arange(0, BLOCK)
+        for i in range(0, n_blocks):
+            offs = i * BLOCK + arange
+            _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n_here, decay, w1, beta2, w2, step_size,
+                         bc2_sqrt, eps, gscale, P_DT, S_DT, AMSGRAD, MAXIMIZE, False, P_RTNE, S_RTNE)
+        if n_blocks * BLOCK < n_here:
+            offs = n_blocks * BLOCK + arange
+            _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n_here, decay, w1, beta2, w2, step_size,
+                         bc2_sqrt, eps, gscale, P_DT, S_DT, AMSGRAD, MAXIMIZE, True, P_RTNE, S_RTNE)
+
+
+@triton.jit
+def _grad_sumsq_kernel(work_ptr, meta_ptr, out_ptr, G_DT: tl.constexpr, ALIGNED: tl.constexpr,
+                       META_COLS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(work_ptr + 2 * pid)
+    start = tl.load(work_ptr + 2 * pid + 1)
+    row = meta_ptr + t * META_COLS
+    numel = tl.load(row + 5)
+    g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DT)) + start
+    if ALIGNED:
+        g_ptr = tl.multiple_of(g_ptr, 16)
+    n_here = tl.minimum(numel - start, CHUNK)
+    n_blocks = n_here // BLOCK
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    arange = tl.arange(0, BLOCK)
+    for i in range(0, n_blocks):
+        g = tl.load(g_ptr + i * BLOCK + arange).to(tl.float32)
+        acc += g * g
+    offs = n_blocks * BLOCK + arange
+    g = tl.load(g_ptr + offs, mask=offs < n_here, other=0.0).to(tl.float32)
+    acc += g * g
+    tl.store(out_ptr + pid, tl.sum(acc, axis=0))
+
+
+def grad_sumsq(plan: wt.Plan, chunk: int = CHUNK) -> Tensor:
+    """Sum of squared raw gradients over every tensor of the plan, as a float32 (1,) device tensor."""
+    dev = plan.buckets[0].work.device
+    if plan.partials is None:
+        plan.partials = torch.empty(max(plan.total_work, 1), dtype=torch.float32, device=dev)
+    for b in plan.buckets:
+        out = plan.partials[b.work_offset: b.work_offset + b.num_work]
+        _grad_sumsq_kernel[(b.num_work,)](b.work, b.meta, out, G_DT=_TL_DTYPES[b.grad_dtype], ALIGNED=b.aligned,
+                                          META_COLS=wt.META_COLS,
+                                          CHUNK=chunk, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return plan.partials[: plan.total_work].sum(dtype=torch.float32).reshape(1)
+
+
+def adamw_step_triton(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor] | None,
+    lrs: Tensor,
+    weight_decays: Tensor,
+    steps: Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    inv_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+    max_grad_norm: float | None = None,
+) -> Tensor | None:
+    """Step every tensor in place with its own LR (see adamw_torch); returns the global grad norm when clipping."""
+    n = len(params)
+    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n == lrs.numel() == weight_decays.numel()
+            == steps.numel()):
+        raise ValueError("params, grads, exp_avgs, exp_avg_sqs, lrs, weight_decays and steps must have one entry per tensor")
+    if amsgrad and (max_exp_avg_sqs is None or len(max_exp_avg_sqs) != n):
+        raise ValueError("amsgrad=True needs max_exp_avg_sqs with one tensor per param")
+    if n == 0:
+        return torch.zeros((), device=lrs.device) if max_grad_norm is not None else None
+    for name, buf in (("lrs", lrs), ("weight_decays", weight_decays), ("steps", steps)):
+        if buf.dtype != torch.float32 or not buf.is_contiguous() or buf.device != params[0].device:
+            raise ValueError(f"{name} must be a contiguous float32 tensor on {params[0].device}")
+    if not 0.0 < beta1 < 1.0 or not 0.0 < beta2 < 1.0:
+        raise ValueError(f"betas must lie in (0, 1), got ({beta1}, {beta2})")
+
+    if any(p.dtype == torch.float64 for p in params):
+        return _with_fp64_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps,
+                                   beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
+                                   inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm)
+
+    plan = wt.get_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad, CHUNK)
+    dummy = lrs  # never read when the matching flag is off
+    sumsq = grad_sumsq(plan) if max_grad_norm is not None else None
+    for b in plan.buckets:
+        _adamw_kernel[(b.num_work,)](
+            b.work, b.meta, b.counters, lrs, weight_decays, steps,
+            inv_scale if inv_scale is not None else dummy,
+            found_inf if found_inf is not None else dummy,
+            sumsq if sumsq is not None else dummy,
+            float(max_grad_norm) if max_grad_norm is not None else 0.0,
+            1.0 - beta1, beta2, 1.0 - beta2, math.log(beta1), math.log(beta2), eps,
+            P_DT=_TL_DTYPES[b.param_dtype], G_DT=_TL_DTYPES[b.grad_dtype], S_DT=_TL_DTYPES[b.state_dtype],
+            AMSGRAD=amsgrad, MAXIMIZE=maximize, HAS_SCALE=inv_scale is not None, HAS_INF=found_inf is not None,
+            HAS_CLIP=sumsq is not None, ALIGNED=b.aligned, META_COLS=wt.META_COLS, CHUNK=CHUNK, BLOCK=BLOCK,
+            P_RTNE=_INTERPRETED and b.param_dtype == torch.bfloat16,
+            S_RTNE=_INTERPRETED and b.state_dtype == torch.bfloat16,
+            num_warps=NUM_WARPS,
+        )
+    if sumsq is None:
+        return None
+    norm = sumsq.sqrt().reshape(())
+    return norm * inv_scale.reshape(()).float() if inv_scale is not None else norm
+
+
+def _with_fp64_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *,
+                        max_grad_norm, inv_scale, found_inf, **kw) -> Tensor | None:
+    """fp64 tensors go through the torch reference; the rest through the kernel, with one shared clip factor."""
+    idx64 = [i for i, p in enumerate(params) if p.dtype == torch.float64]
+    idx = [i for i, p in enumerate(params) if p.dtype != torch.float64]
+    norm = None
+    scale = inv_scale
+    if max_grad_norm is not None:
+        from .adamw_torch import clip_coefficient, global_grad_norm
+
+        norm = global_grad_norm(grads, inv_scale).float()
+        coef = clip_coefficient(norm, max_grad_norm)
+        scale = coef if inv_scale is None else coef * inv_scale.float()
+        scale = scale.reshape(1)
+
+    def pick(xs, ids):
+        return None if xs is None else [xs[i] for i in ids]
+
+    for ids, fn in ((idx64, adamw_step_torch), (idx, adamw_step_triton)):
+        if not ids:
+            continue
+        sel = torch.tensor(ids, device=lrs.device)
+        sub_steps = steps[sel].contiguous()
+        fn(pick(params, ids), pick(grads, ids), pick(exp_avgs, ids), pick(exp_avg_sqs, ids),
+           pick(max_exp_avg_sqs, ids), lrs[sel].contiguous(), weight_decays[sel].contiguous(), sub_steps,
+           inv_scale=scale, found_inf=found_inf, max_grad_norm=None, **kw)
+        steps[sel] = sub_steps
+    return norm

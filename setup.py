@@ -1,0 +1,43 @@
+"""Build hook for the optional C++/CUDA extension; all metadata lives in pyproject.toml.
+
+By default nothing is compiled: the extension is built just in time on first use (llr_kernels/_ext.py) and
+cached, so a CPU-only machine or a machine without a compiler installs cleanly. To compile it at install time
+into ``llr_kernels._C`` (every csrc/*.cpp, plus csrc/*.cu when torch has CUDA and nvcc is found):
+
+    LLR_BUILD_EXT=1 pip install --no-build-isolation -e .      # --no-build-isolation: build against YOUR torch
+
+LLR_BUILD_CUDA=0 skips the .cu sources; TORCH_CUDA_ARCH_LIST picks the GPU architectures (e.g. "9.0").
+"""
+import glob
+import importlib.util
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+ext_modules, cmdclass = [], {}
+
+if os.environ.get("LLR_BUILD_EXT", "0") == "1":
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    # the flags are shared with the JIT build; load _ext.py alone (importing the package would need triton etc.)
+    spec = importlib.util.spec_from_file_location("_llr_ext", os.path.join(ROOT, "llr_kernels", "_ext.py"))
+    _ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_ext)
+
+    with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("LLR_BUILD_CUDA", "1") != "0"
+    sources = [os.path.relpath(s, ROOT) for s in _ext.sources(with_cuda)]
+    flags = _ext.build_flags(with_cuda)
+    Extension = CUDAExtension if with_cuda else CppExtension
+    ext_modules = [
+        Extension(
+            "llr_kernels._C",
+            sources,
+            extra_compile_args={"cxx": flags["extra_cflags"], "nvcc": flags["extra_cuda_cflags"]},
+            extra_link_args=flags["extra_ldflags"],
+        )
+    ]
+    cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
