@@ -100,6 +100,11 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
     return f"unknown backend {backend!r}; choose one of {BACKENDS}"
 
 
+def has_impl(op: str, backend: str) -> bool:
+    """True if ``op`` has an implementation for the concrete ``backend`` (available or not)."""
+    return backend in _OPS.get(op, {})
+
+
 def resolve_backend(op: str, backend: str, device: torch.device) -> str:
     """Concrete backend for ``op`` on ``device``: the requested one, or the best available for "auto"."""
     validate_backend(backend)

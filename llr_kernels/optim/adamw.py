@@ -182,7 +182,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         backend: str = "auto",
         model: nn.Module | None = None,
         classify: Classifier | None = None,
-        hill_method: str = "exact",
+        hill_method: str = "auto",
         hill_variant: str = "paper",
         min_eigs: int = 50,
     ) -> None:

@@ -78,7 +78,7 @@ class LLROptimizer(torch.optim.Optimizer):
         model: nn.Module | None = None,
         classify: Classifier | None = None,
         backend: str = "auto",
-        hill_method: str = "exact",
+        hill_method: str = "auto",
         hill_variant: str = "paper",
         min_eigs: int = 50,
     ) -> None:

@@ -157,7 +157,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         muon_backend: str | None = None,
         model: nn.Module | None = None,
         classify: Classifier | None = None,
-        hill_method: str = "exact",
+        hill_method: str = "auto",
         hill_variant: str = "paper",
         min_eigs: int = 50,
     ) -> None:

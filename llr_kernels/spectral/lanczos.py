@@ -84,34 +84,48 @@ def tridiag_eig_torch(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Te
 
 
 def node_cells(nodes: torch.Tensor, weights: torch.Tensor, floor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Log-space cells for every node: (u, h, w) with each node's mass spread uniformly on [u-h, u+h].
+    """Log-space cells for every node: (u, h, w), (B, P, s+1), each node's mass spread uniformly on
+    [u-h, u+h]; the extra last slot per probe is the point mass of nodes at or below ``floor`` (numerically
+    zero eigenvalues of rank-deficient Grams), kept out of everyone's cell widths.
 
-    nodes/weights: (B, P, s); floor: (B,) smallest eigenvalue treated as distinct from 0.
-    h is half the distance (in ln) to the nearest significant node of the same probe, so cells never
-    overlap and are symmetric: the smoothed CDF at a node is C_{j-1} + w_j / 2, the midpoint of the
-    Chebyshev-Markov-Stieltjes bracket [C_{j-1}, C_j] the true CDF must lie in. Interpolating pooled
-    cumulative weights instead puts every probe's CDF at one end of that bracket, a bias that more
-    probes average but never remove. Symmetric cells also keep the mean of ln(l) of each node, so
-    the tail log-sum away from the threshold is exactly the Gauss rule.
+    nodes/weights: (B, P, s); floor: (B,) largest eigenvalue still treated as zero.
+    h_j = (gap_left + gap_right) / 4 (half an average gap; capped at the smaller gap so a cell never
+    passes a neighbouring node; extreme nodes use their one gap), in ln space. Symmetric cells put the
+    smoothed CDF at a node at C_{j-1} + w_j / 2, the midpoint of the Chebyshev-Markov-Stieltjes bracket
+    [C_{j-1}, C_j] the true CDF must lie in, and spreading over about a node's spacing turns the pooled
+    staircase into a continuous CDF. Interpolating pooled cumulative weights instead puts every probe's CDF at
+    one end of that bracket: Ritz nodes of different probes sit at nearly the same places, so that bias is
+    shared by all probes and more probes never remove it. Symmetric cells also keep the mean of ln(l) of
+    each node, so the tail log-sum away from the threshold is exactly the Gauss rule.
     """
-    sig = weights > 1e-12  # nodes of a decoupled (post-breakdown) block carry no mass
-    u = torch.log(torch.maximum(nodes, floor.view(-1, 1, 1)))
+    fl = floor.view(-1, 1, 1)
+    zero = nodes <= fl
+    sig = (weights > 1e-12) & ~zero  # decoupled (post-breakdown) nodes carry no mass; zeros go to the extra slot
+    u = torch.log(torch.maximum(nodes, fl))
     big = torch.finfo(u.dtype).max / 8
     u_key = torch.where(sig, u, torch.full_like(u, big))
     u_sorted, order = torch.sort(u_key, dim=-1)
-    w_sorted = torch.where(u_sorted < big, torch.gather(weights, -1, order), torch.zeros_like(u_sorted))
-    gap = u_sorted.diff(dim=-1)  # (B, P, s-1); gaps to insignificant nodes are ~big
-    inf = torch.full_like(u_sorted[..., :1], big)
-    left = torch.cat([inf, gap], -1)
-    right = torch.cat([gap, inf], -1)
-    lf, rf = left < big / 4, right < big / 4
-    both = 0.25 * (torch.where(lf, left, 0 * left) + torch.where(rf, right, 0 * right))
-    h = torch.where(lf & rf, both, 2 * both)  # extreme node: half its one gap
+    live = u_sorted < big
+    w_sorted = torch.where(live, torch.gather(weights, -1, order), torch.zeros_like(u_sorted))
+    gap = u_sorted.diff(dim=-1)
+    pad = torch.zeros_like(u_sorted[..., :1], dtype=torch.bool)
+    lf = torch.cat([pad, live[..., :-1]], -1) & live  # has a live left neighbour
+    rf = torch.cat([live[..., 1:], pad], -1) & live
+    left = torch.cat([torch.zeros_like(u_sorted[..., :1]), gap], -1)
+    right = torch.cat([gap, torch.zeros_like(u_sorted[..., :1])], -1)
+    left = torch.where(lf, left, torch.zeros_like(left))
+    right = torch.where(rf, right, torch.zeros_like(right))
+    both = lf & rf
+    h = torch.where(both, torch.minimum(0.25 * (left + right), torch.minimum(left, right)), 0.5 * (left + right))
     tiny = 1e-9
     h = torch.where(lf | rf, h.clamp_min(tiny), torch.full_like(h, tiny))  # lone node -> point mass
-    u_sorted = torch.where(w_sorted > 0, u_sorted, torch.zeros_like(u_sorted))
-    w_sorted = w_sorted / w_sorted.sum(-1, keepdim=True).clamp_min(1e-300)
-    return u_sorted, h, w_sorted
+    u_sorted = torch.where(live, u_sorted, torch.zeros_like(u_sorted))
+    zmass = torch.where(zero, weights, torch.zeros_like(weights)).sum(-1, keepdim=True)
+    u_all = torch.cat([u_sorted, torch.log(fl).expand_as(zmass)], -1)
+    h_all = torch.cat([h, torch.full_like(zmass, tiny)], -1)
+    w_all = torch.cat([w_sorted, zmass], -1)
+    w_all = w_all / w_all.sum(-1, keepdim=True).clamp_min(1e-300)
+    return u_all, h_all, w_all
 
 
 def slq_hill_torch(
