@@ -6,4 +6,5 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: on 2-core machines, two threads contend with the Triton interpreter and other ranks (measured: 5-10x slower small-model steps).
+torch.set_num_threads(1)
