@@ -10,7 +10,7 @@ from torch import nn
 from ..dispatch import get_op
 from ..layers import Classifier
 from ..policy import LLRConfig
-from .base import LLROptimizer
+from .base import LLROptimizer, clip_all_grads
 
 
 @dataclass
@@ -121,8 +121,7 @@ class FusedAdamWPart:
         clip_here = max_grad_norm is not None and len(self._launches) == 1 and not sharded
         if max_grad_norm is not None and not clip_here:
             # several launches or sharded grads: the norm must span all of them (all ranks for DTensors)
-            norm = torch.nn.utils.clip_grad_norm_([p for _, p in active], max_grad_norm)
-            self.last_grad_norm = norm.full_tensor() if _is_dtensor(norm) else norm
+            self.last_grad_norm = clip_all_grads([p for _, p in active], max_grad_norm)
         for launch in self._launches:
             launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
             launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)

@@ -8,7 +8,7 @@ composes unchanged.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -60,6 +60,24 @@ def _normalize_groups(params: Any, model: nn.Module | None) -> tuple[list[dict],
     return out_groups, named
 
 
+def classify_named(
+    named: list[tuple[str, torch.Tensor]], model: nn.Module | None, classify: Classifier | None
+) -> list[Layer]:
+    """Layers of the optimizer's parameters, in order; with a model, kinds also use module types."""
+    layers = classify_parameters(named, classify=classify)
+    if model is not None:
+        by_id = {id(layer.param): layer for layer in classify_parameters(model, classify=classify)}
+        layers = [by_id.get(id(layer.param), layer) for layer in layers]
+    return layers
+
+
+def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
+    """Clip the global grad norm over ``params`` in place (all ranks for DTensors); returns the plain norm."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    full = getattr(norm, "full_tensor", None)
+    return full() if callable(full) else norm
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole matrix of a possibly sharded tensor (FSDP2/DTensor); plain tensors pass through."""
     full = getattr(t, "full_tensor", None)
@@ -86,10 +104,9 @@ class LLROptimizer(torch.optim.Optimizer):
         self.backend = validate_backend(backend)
         groups, named = _normalize_groups(params, model)
         super().__init__(groups, defaults)
-        self.layers: list[Layer] = classify_parameters(named, classify=classify)
-        if isinstance(params, nn.Module) or model is not None:
-            by_id = {id(layer.param): layer for layer in classify_parameters(model if model is not None else params, classify=classify)}
-            self.layers = [by_id.get(id(layer.param), layer) for layer in self.layers]
+        if model is None and isinstance(params, nn.Module):
+            model = params
+        self.layers: list[Layer] = classify_named(named, model, classify)
         self._layer_index = {id(layer.param): i for i, layer in enumerate(self.layers)}
         pinned = torch.tensor(
             [(l.kind == "embedding" and llr.pin_embedding) or (l.kind == "lm_head" and llr.pin_lm_head) for l in self.layers],

@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from ..dispatch import get_op, validate_backend
-from ..layers import MATRIX_KINDS, Classifier, Layer, classify_parameters
-from ..ops.adamw_torch import clip_coefficient, global_grad_norm
+from ..layers import MATRIX_KINDS, Classifier, Layer
 from ..ops.newton_schulz import newton_schulz, resolve_coefficients
 from ..policy import LLRConfig
 from .adamw import FusedAdamWPart, _Launch, validate_adamw_args
-from .base import LLROptimizer, _normalize_groups
+from .base import LLROptimizer, _normalize_groups, classify_named, clip_all_grads
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
 
@@ -350,11 +349,9 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                     raise RuntimeError("LLRMuon does not support sparse gradients")
                 active.append((gi, p))
         if self.max_grad_norm is not None:
-            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                self.last_grad_norm = global_grad_norm(grads)
-                coef = clip_coefficient(self.last_grad_norm, self.max_grad_norm)
-                torch._foreach_mul_(grads, coef.to(grads[0].device))
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+            if params:
+                self.last_grad_norm = clip_all_grads(params, self.max_grad_norm)
         self._muon_step(multipliers, active)
         self._adamw_step(multipliers, self.adamw_group_ids(), None)
 
@@ -379,10 +376,7 @@ def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | N
         params = list(params)
         raw_is_groups = bool(params) and isinstance(params[0], dict)
     groups, named = _normalize_groups(params, model)
-    layers = classify_parameters(named, classify=classify)
-    if model is not None:
-        by_id = {id(l.param): l for l in classify_parameters(model, classify=classify)}
-        layers = [by_id.get(id(l.param), l) for l in layers]
+    layers = classify_named(named, model if model is not None else (params if isinstance(params, nn.Module) else None), classify)
     layer_of = {id(l.param): l for l in layers}
     name_of = {}
     for n, p in named:
