@@ -6,7 +6,9 @@ into ``llr_kernels._C`` (every csrc/*.cpp, plus csrc/*.cu when torch has CUDA an
 
     LLR_BUILD_EXT=1 pip install --no-build-isolation -e .      # --no-build-isolation: build against YOUR torch
 
-LLR_BUILD_CUDA=0 skips the .cu sources; TORCH_CUDA_ARCH_LIST picks the GPU architectures (e.g. "9.0").
+LLR_BUILD_CUDA=0 skips the .cu sources; TORCH_CUDA_ARCH_LIST picks the GPU architectures (e.g. "9.0"). The module
+records the digest of the sources it was built from; if csrc/ changes afterwards, llr_kernels/_ext.py warns and
+uses a JIT build instead of the stale module (rerun the command above to refresh it).
 """
 import glob
 import importlib.util

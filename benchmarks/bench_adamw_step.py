@@ -1,8 +1,10 @@
 """Benchmark: the fused multi-LR AdamW step against torch.optim.AdamW, on LLaMA-shaped parameter sets.
 
-Per model size and per method, one optimizer step over all parameters (grads fixed, state warm), reported as
-ms/step and achieved GB/s = (bytes read + written) / time, next to the measured device copy bandwidth.
-AdamW moves, per parameter: read p, g, m, v; write p, m, v (28 B with fp32 everything).
+Per model size, param dtype and method, one optimizer step over all parameters (grads fixed, state warm),
+reported as ms/step (median, with p10/p90) and achieved GB/s = (bytes read + written) / time, next to a
+memory-bandwidth probe taken in the same process with the same threads (``_common.bandwidth_probe``).
+AdamW moves, per parameter: read p, g, m, v; write p, m, v (28 B with fp32 everything, 22 B with bf16 params
+and fp32 state).
 
 Methods:
   ours[<backend>]            the adamw_step op, every tensor with its own LR (what LLRAdamW calls per step)
@@ -12,14 +14,20 @@ Methods:
   torch_fused_per_layer      fused=True with one param group per tensor (the naive per-layer LR way)
   torch_foreach_per_layer    foreach=True with one param group per tensor
 
+Before timing, ours[*] and llr_adamw[*] are checked on the benchmarked tensors: after one warm step, a second
+step is compared on the first and last 2048 elements of every tensor with a float64 AdamW step written out
+here (p, m, v; fp32 params to ~1e-6 relative, bf16 params to 1 bf16 ulp). A method that fails is not timed.
+
 Shapes (LLR paper, Table 8): hidden / intermediate / layers = 768/2048/6 (60M), 768/2048/12 (135M),
 1024/2736/24 (350M), 2048/5461/24 (1B); vocab 32000; per block q, k, v, o (h x h), gate, up (i x h), down
-(h x i), two RMSNorm vectors; embedding, final RMSNorm and an untied LM head.
+(h x i), two RMSNorm vectors; embedding, final RMSNorm and an untied LM head. ``tiny`` is for dry runs.
 
     python benchmarks/bench_adamw_step.py --device cpu --models 60M 135M
-    python benchmarks/bench_adamw_step.py --device cuda            # all sizes, Triton + CUDA, one call
+    python benchmarks/bench_adamw_step.py --device cuda --dtype fp32 bf16      # all sizes, Triton + CUDA
+    python benchmarks/bench_adamw_step.py --dry-run --allow-loaded --out /tmp/x # CI: every path, seconds
 
-Results go to benchmarks/results/adamw_step_<device>.{json,md} (with machine, torch and triton versions).
+Results go to benchmarks/results/adamw_step_<device><tag>.{json,md} with the machine and the load average;
+on CPU nothing is written when the machine was loaded (see _common.LoadGuard) unless --allow-loaded.
 """
 from __future__ import annotations
 
@@ -27,83 +35,30 @@ import argparse
 import gc
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 from typing import Callable
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
-MODELS = {"60M": (768, 2048, 6), "135M": (768, 2048, 12), "350M": (1024, 2736, 24), "1B": (2048, 5461, 24)}
-VOCAB = 32000
+SIZES = ["60m", "135m", "350m", "1b"]
 BETAS, EPS, WD = (0.9, 0.999), 1e-8, 0.1
-
-
-def llama_shapes(hidden: int, inter: int, layers: int) -> list[tuple[str, tuple[int, ...]]]:
-    shapes = [("model.embed_tokens.weight", (VOCAB, hidden))]
-    for i in range(layers):
-        pre = f"model.layers.{i}."
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes.append((pre + f"self_attn.{n}.weight", (hidden, hidden)))
-        shapes.append((pre + "mlp.gate_proj.weight", (inter, hidden)))
-        shapes.append((pre + "mlp.up_proj.weight", (inter, hidden)))
-        shapes.append((pre + "mlp.down_proj.weight", (hidden, inter)))
-        shapes.append((pre + "input_layernorm.weight", (hidden,)))
-        shapes.append((pre + "post_attention_layernorm.weight", (hidden,)))
-    shapes.append(("model.norm.weight", (hidden,)))
-    shapes.append(("lm_head.weight", (VOCAB, hidden)))
-    return shapes
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def copy_bandwidth(device: torch.device, mib: int) -> float:
-    """Measured device copy bandwidth in GB/s (read + write bytes of dst.copy_(src))."""
-    n = mib * 2**20 // 4
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    sec = time_fn(lambda: dst.copy_(src), device, 3, 10)
-    return 2 * src.numel() * 4 / sec / 1e9
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CHECK_ELEMS = 2048  # per end of every tensor
 
 
 class ParamSet:
     """Parameters with fixed grads for one model size, and the per-tensor LR buffers LLR would maintain."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, state_dtype: torch.dtype):
-        self.name, self.device, self.dtype, self.state_dtype = name, device, dtype, state_dtype
+    def __init__(self, size: str, device: torch.device, dtype: torch.dtype, state_dtype: torch.dtype):
+        self.size, self.device, self.dtype, self.state_dtype = size, device, dtype, state_dtype
+        gen = torch.Generator(device=device).manual_seed(0)
         self.named = []
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        for pname, shape in llama_shapes(*MODELS[name]):
-            p = torch.nn.Parameter((torch.randn(shape, generator=gen) * 0.02).to(device=device, dtype=dtype))
-            p.grad = (torch.randn(shape, generator=gen) * 1e-3).to(device=device, dtype=dtype)
+        for pname, shape in C.llama_params(size):
+            p = torch.nn.Parameter((torch.randn(shape, generator=gen, device=device) * 0.02).to(dtype))
+            p.grad = (torch.randn(shape, generator=gen, device=device) * 1e-3).to(dtype)
             self.named.append((pname, p))
         self.params = [p for _, p in self.named]
         self.numel = sum(p.numel() for p in self.params)
@@ -114,9 +69,52 @@ class ParamSet:
     def bytes_per_step(self) -> int:
         pe = torch.empty((), dtype=self.dtype).element_size()
         se = torch.empty((), dtype=self.state_dtype).element_size()
-        return self.numel * (3 * pe + 4 * se)  # p read+write, g read, m and v read+write
+        return self.numel * C.adamw_bytes_per_param(pe, se)
 
 
+# ----- correctness: float64 AdamW on slices of the benchmarked tensors ------------------------------------
+def _ends(t: torch.Tensor) -> torch.Tensor:
+    f = t.detach().reshape(-1)
+    if f.numel() <= 2 * CHECK_ELEMS:
+        return f.to("cpu", torch.float64)
+    return torch.cat([f[:CHECK_ELEMS], f[-CHECK_ELEMS:]]).to("cpu", torch.float64)
+
+
+def snapshot(params, grads, ms, vs) -> list[tuple[torch.Tensor, ...]]:
+    return [tuple(_ends(x) for x in four) for four in zip(params, grads, ms, vs)]
+
+
+def adamw_float64(p, g, m, v, lr: float, wd: float, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoupled-weight-decay AdamW step in float64 (Loshchilov & Hutter; torch.optim.AdamW's formula)."""
+    p = p * (1 - lr * wd)
+    m = BETAS[0] * m + (1 - BETAS[0]) * g
+    v = BETAS[1] * v + (1 - BETAS[1]) * g * g
+    bc1, bc2 = 1 - BETAS[0] ** step, 1 - BETAS[1] ** step
+    p = p - lr / bc1 * m / (v.sqrt() / bc2**0.5 + EPS)
+    return p, m, v
+
+
+def check_step(before, params, ms, vs, lrs: list[float], wds: list[float], steps: list[int],
+               param_dtype: torch.dtype) -> list[dict]:
+    """Compare the tensors after a step with float64 AdamW applied to ``before`` (p, m, v on both ends)."""
+    exp_p, exp_m, exp_v = [], [], []
+    for (p, g, m, v), lr, wd, t in zip(before, lrs, wds, steps):
+        a, b, c = adamw_float64(p, g, m, v, lr, wd, t)
+        exp_p.append(a.to(param_dtype).double())  # rounded to the param dtype, as the step stores it
+        exp_m.append(b)
+        exp_v.append(c)
+    got_p = torch.cat([_ends(x) for x in params])
+    low = param_dtype in (torch.bfloat16, torch.float16)
+    # fp32 params: a few fp32 ulps; bf16/fp16 params: one ulp of the param dtype (fp32 math, then one rounding)
+    prt = 2.0 ** -7 if param_dtype == torch.bfloat16 else (2.0 ** -10 if low else 1e-6)
+    return [
+        C.check_close("p after step (vs float64 AdamW)", got_p, torch.cat(exp_p), rtol=prt, atol=1e-9),
+        C.check_close("exp_avg after step", torch.cat([_ends(x) for x in ms]), torch.cat(exp_m), rtol=1e-5, atol=1e-12),
+        C.check_close("exp_avg_sq after step", torch.cat([_ends(x) for x in vs]), torch.cat(exp_v), rtol=1e-5, atol=1e-15),
+    ]
+
+
+# ----- methods: each returns (step function, keep-alive objects, correctness records) ---------------------
 def method_ours(ps: ParamSet, backend: str):
     from llr_kernels.dispatch import get_op
 
@@ -130,15 +128,33 @@ def method_ours(ps: ParamSet, backend: str):
     def step():
         op(params, grads, m, v, None, ps.lrs, ps.wds, steps, beta1=BETAS[0], beta2=BETAS[1], eps=EPS)
 
-    return step, (m, v)
+    step()  # warm state (m, v nonzero, step 1)
+    C.sync(ps.device)
+    before = snapshot(params, grads, m, v)
+    step()
+    C.sync(ps.device)
+    checks = check_step(before, params, m, v, ps.lrs.tolist(), ps.wds.tolist(), [2] * len(params), ps.dtype)
+    checks.append(C.check_close("step counters", steps, torch.full_like(steps, 2.0), rtol=0, atol=0))
+    return step, (m, v), checks
 
 
 def method_llr_adamw(ps: ParamSet, backend: str):
     from llr_kernels import LLRAdamW
 
-    opt = LLRAdamW(ps.named, lr=2e-4, betas=BETAS, eps=EPS, weight_decay=WD, s=1.0, interval=10**9,
+    lr = 2e-4
+    opt = LLRAdamW(ps.named, lr=lr, betas=BETAS, eps=EPS, weight_decay=WD, s=1.0, interval=10**9,
                    state_dtype=ps.state_dtype, backend=backend)
-    return opt.step, opt
+    opt.step()
+    C.sync(ps.device)
+    st = [opt.state[p] for p in ps.params]
+    before = snapshot(ps.params, [p.grad for p in ps.params], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st])
+    opt.step()
+    C.sync(ps.device)
+    st = [opt.state[p] for p in ps.params]
+    n = len(ps.params)
+    checks = check_step(before, ps.params, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [lr] * n,
+                        [WD] * n, [2] * n, ps.dtype)
+    return opt.step, opt, checks
 
 
 def method_torch(ps: ParamSet, impl: str, per_layer: bool):
@@ -148,10 +164,10 @@ def method_torch(ps: ParamSet, impl: str, per_layer: bool):
     else:
         groups = [{"params": ps.params}]
     opt = torch.optim.AdamW(groups, lr=2e-4, betas=BETAS, eps=EPS, weight_decay=WD, **kw)
-    return opt.step, opt
+    return opt.step, opt, []  # torch.optim is the reference itself
 
 
-def methods_for(device: torch.device, dtype: torch.dtype, backends: list[str]) -> list[tuple[str, Callable]]:
+def methods_for(backends: list[str]) -> list[tuple[str, Callable]]:
     out: list[tuple[str, Callable]] = []
     for b in backends:
         out.append((f"ours[{b}]", lambda ps, b=b: method_ours(ps, b)))
@@ -164,38 +180,15 @@ def methods_for(device: torch.device, dtype: torch.dtype, backends: list[str]) -
     return out
 
 
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu"] = f"{names[0]} x{len(names)}"
-    except OSError:
-        pass
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        info["triton"] = None
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def available_backends(device: torch.device, wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    from llr_kernels.dispatch import unavailable_reason
+    from llr_kernels.dispatch import triton_interpreted, unavailable_reason
 
-    cands = wanted or (["triton", "cpp"] if device.type == "cuda" else ["cpp"])
+    if wanted:
+        cands = wanted
+    elif device.type == "cuda":
+        cands = ["triton", "cpp"]
+    else:
+        cands = ["cpp"] + (["triton"] if triton_interpreted() else [])
     ok, skipped = [], {}
     for b in cands:
         why = unavailable_reason(b, device)
@@ -206,89 +199,185 @@ def available_backends(device: torch.device, wanted: list[str] | None) -> tuple[
     return ok, skipped
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--models", nargs="+", default=None, choices=list(MODELS))
-    ap.add_argument("--backends", nargs="+", default=None, help="our backends (default: triton+cpp on cuda, cpp on cpu)")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="param dtype (state is fp32)")
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--iters", type=int, default=None)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
-    ap.add_argument("--tag", default="", help="suffix of the result file names")
-    args = ap.parse_args()
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device")
-    models = args.models or (list(MODELS) if device.type == "cuda" else ["60M", "135M"])
-    warmup = args.warmup if args.warmup is not None else (10 if device.type == "cuda" else 2)
-    iters = args.iters if args.iters is not None else (50 if device.type == "cuda" else 7)
-    dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
-    backends, skipped = available_backends(device, args.backends)
 
-    bw = copy_bandwidth(device, 1024 if device.type == "cuda" else 256)
-    print(f"device {device}: copy bandwidth {bw:.1f} GB/s; backends {backends}; skipped {skipped}", flush=True)
-    results = []
-    for model in models:
-        ps = ParamSet(model, device, dtype, torch.float32)
-        nbytes = ps.bytes_per_step()
-        for name, make in methods_for(device, dtype, backends):
+def _row(ps: ParamSet, name: str, dname: str) -> dict:
+    return dict(model=ps.size, dtype=dname, method=name, params=ps.numel, tensors=len(ps.params),
+                bytes_per_step=ps.bytes_per_step())
+
+
+def _prepare(ps: ParamSet, make: Callable, row: dict):
+    """Build a method and run its correctness check; (step, keep) or (None, None) with row["error"] set."""
+    try:
+        step, keep, checks = make(ps)
+        row["checks"] = checks
+        return step, keep
+    except C.CheckFailed as exc:
+        row["error"] = f"correctness check failed (not timed): {exc}"
+    except Exception as exc:  # noqa: BLE001 - report and continue with the other methods
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    return None, None
+
+
+def _finish(row: dict, t: C.Timing, probe: dict) -> None:
+    gbps = row["bytes_per_step"] / t.median / 1e9
+    row.update(t.as_ms(), gbps=gbps, pct_of_probe=100 * gbps / probe["best_gbps"])
+
+
+def _print(row: dict) -> None:
+    print(json.dumps({k: v for k, v in row.items() if k != "checks"}), flush=True)
+
+
+def measure_sequential(ps, backends, device, warmup, iters, probe, budget, args) -> list[dict]:
+    """One method at a time (its state alone in memory): for large models on a quiet GPU."""
+    rows = []
+    dname = {v: k for k, v in DTYPES.items()}[ps.dtype]
+    for name, make in methods_for(backends):
+        row = _row(ps, name, dname)
+        rows.append(row)
+        if budget.expired():
+            row["skipped"] = f"budget of {args.budget_s:g} s used up"
+            continue
+        step, keep = _prepare(ps, make, row)
+        if step is not None:
             try:
-                step, keep = make(ps)
-                sec = time_fn(step, device, warmup, iters)
-                row = dict(model=model, method=name, params=ps.numel, tensors=len(ps.params), ms=sec * 1e3,
-                           gbps=nbytes / sec / 1e9, frac_copy_bw=nbytes / sec / 1e9 / bw)
-            except Exception as exc:  # noqa: BLE001 - report and continue with the other methods
-                row = dict(model=model, method=name, params=ps.numel, tensors=len(ps.params),
-                           error=f"{type(exc).__name__}: {exc}")
-            results.append(row)
-            print(json.dumps(row), flush=True)
-            keep = step = None  # noqa: F841 - free optimizer state before the next method
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        del ps
-        gc.collect()
-
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"adamw_step_{device.type}{args.tag}")
-    meta = dict(machine_info(device), device=str(device), copy_bandwidth_gbps=bw, param_dtype=args.dtype,
-                state_dtype="fp32", warmup=warmup, iters=iters, skipped_backends=skipped,
-                bytes_per_param=3 * torch.empty((), dtype=dtype).element_size() + 4 * 4)
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(meta, results))
-    print(f"wrote {stem}.json and {stem}.md")
+                _finish(row, C.time_fn(step, device, warmup, iters), probe)
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = f"{type(exc).__name__}: {exc}"
+        _print(row)
+        step = keep = None  # noqa: F841 - free optimizer state before the next method
+        free(device)
+    return rows
 
 
-def markdown(meta: dict, results: list[dict]) -> str:
-    lines = [f"# AdamW step benchmark ({meta['device']})", ""]
-    hw = meta.get("gpu") or meta["cpu"]
-    lines.append(f"- machine: {hw}; {meta['platform']}; torch {meta['torch']}; triton {meta['triton']}; "
-                 f"threads {meta['cpu_threads']}; load average at the end {meta.get('load_avg_1min')}")
-    lines.append(f"- measured copy bandwidth: {meta['copy_bandwidth_gbps']:.1f} GB/s; params {meta['param_dtype']}, "
-                 f"state {meta['state_dtype']}; median of {meta['iters']} steps after {meta['warmup']} warmup")
+def measure_interleaved(ps, backends, device, warmup, iters, probe, budget, args) -> list[dict]:
+    """All methods built side by side, timed in rounds (A B C, A B C, ...): ratios immune to drift."""
+    rows, fns, keep = [], {}, []
+    dname = {v: k for k, v in DTYPES.items()}[ps.dtype]
+    for name, make in methods_for(backends):
+        row = _row(ps, name, dname)
+        rows.append(row)
+        if budget.expired():
+            row["skipped"] = f"budget of {args.budget_s:g} s used up"
+            continue
+        step, k = _prepare(ps, make, row)
+        if step is not None:
+            fns[name] = step
+            keep.append(k)
+    if fns:
+        try:
+            timings = C.time_interleaved(fns, device, warmup, iters)
+            for row in rows:
+                if row["method"] in timings:
+                    _finish(row, timings[row["method"]], probe)
+        except Exception as exc:  # noqa: BLE001
+            for row in rows:
+                if row["method"] in fns:
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+    for row in rows:
+        _print(row)
+    return rows
+
+
+def run(args: argparse.Namespace, device: torch.device) -> tuple[dict, list[dict]]:
+    sizes = [C.llama_size(m) for m in args.models] if args.models else (
+        ["tiny"] if args.dry_run else (SIZES if device.type == "cuda" else ["60m", "135m"]))
+    warmup = args.warmup if args.warmup is not None else (1 if args.dry_run else (10 if device.type == "cuda" else 2))
+    iters = args.iters if args.iters is not None else (2 if args.dry_run else (50 if device.type == "cuda" else 7))
+    budget = C.Budget(args.budget_s)
+    backends, skipped = available_backends(device, args.backends)
+    probe = C.bandwidth_probe(device, dry_run=args.dry_run)
+    free(device)
+    print(f"device {device}: bandwidth probe {probe['best_gbps']:.1f} GB/s (triad {probe['triad_gbps']:.1f}, "
+          f"axpy {probe['axpy_gbps']:.1f}; {probe['working_set_bytes'] / 2**20:.0f} MiB, {probe['threads']} threads); "
+          f"backends {backends}; skipped {skipped}", flush=True)
+    results = []
+    for dname in args.dtype:
+        dtype = DTYPES[dname]
+        for size in sizes:
+            if budget.expired():
+                results.append(dict(model=size, dtype=dname, method="*", skipped=f"budget of {args.budget_s:g} s used up"))
+                continue
+            ps = ParamSet(size, device, dtype, torch.float32)
+            if args.interleave:
+                results += measure_interleaved(ps, backends, device, warmup, iters, probe, budget, args)
+            else:
+                results += measure_sequential(ps, backends, device, warmup, iters, probe, budget, args)
+            del ps
+            free(device)
+    meta = dict(param_dtypes=args.dtype, state_dtype="fp32", warmup=warmup, iters=iters, backends=backends,
+                interleaved=args.interleave,
+                skipped_backends=skipped, bandwidth_probe=probe, dry_run=args.dry_run, budget_s=args.budget_s,
+                bytes_per_param={d: C.adamw_bytes_per_param(DTYPES[d].itemsize, 4) for d in args.dtype})
+    return meta, results
+
+
+def markdown(meta: dict, machine: dict, load: dict, results: list[dict]) -> str:
+    pr = meta["bandwidth_probe"]
+    lines = [f"# AdamW step benchmark ({machine['device']})", "", C.machine_line(machine), C.load_line(load),
+             f"- bandwidth probe (same process and threads): {pr['best_gbps']:.1f} GB/s best of {pr['repeats']} "
+             f"(triad a = b + s*c {pr['triad_gbps']:.1f}, in-place axpy {pr['axpy_gbps']:.1f}; "
+             f"{pr['working_set_bytes'] / 2**20:.0f} MiB working set, 2 reads + 1 write counted)",
+             f"- params {', '.join(meta['param_dtypes'])}, state fp32; median of {meta['iters']} steps after "
+             f"{meta['warmup']} warmup{', methods interleaved in rounds' if meta['interleaved'] else ', one method at a time'}; "
+             f"bytes per param {meta['bytes_per_param']}"]
     if meta["skipped_backends"]:
         lines.append(f"- skipped backends: {meta['skipped_backends']}")
-    lines += ["", "| model | method | ms/step | GB/s | % of copy BW | vs torch_fused_1lr | vs fused per layer |",
-              "|---|---|---:|---:|---:|---:|---:|"]
-    by = {(r["model"], r["method"]): r for r in results}
+    if meta["dry_run"]:
+        lines.append("- DRY RUN (tiny shapes): the numbers are meaningless")
+    lines += ["", "| model | dtype | method | ms/step (p10-p90) | GB/s | % of probe | vs torch_fused_1lr | "
+              "vs fused per layer | check |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    by = {(r["model"], r["dtype"], r["method"]): r for r in results}
     for r in results:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | error: {r['error'][:80]} | | | | |")
+        label = f"{r['model']} ({r['params'] / 1e6:.0f}M, {r['tensors']} tensors)" if "params" in r else r["model"]
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {label} | {r['dtype']} | {r['method']} | {r.get('error') or 'skipped: ' + r['skipped']} "
+                         "| | | | | |")
             continue
-        ref1 = by.get((r["model"], "torch_fused_1lr"), {}).get("ms")
-        refl = by.get((r["model"], "torch_fused_per_layer"), {}).get("ms")
+        ref1 = by.get((r["model"], r["dtype"], "torch_fused_1lr"), {}).get("ms")
+        refl = by.get((r["model"], r["dtype"], "torch_fused_per_layer"), {}).get("ms")
         s1 = f"{ref1 / r['ms']:.2f}x" if ref1 else ""
         sl = f"{refl / r['ms']:.2f}x" if refl else ""
-        lines.append(f"| {r['model']} ({r['params'] / 1e6:.0f}M, {r['tensors']} tensors) | {r['method']} | "
-                     f"{r['ms']:.2f} | {r['gbps']:.1f} | {100 * r['frac_copy_bw']:.0f}% | {s1} | {sl} |")
-    lines.append("")
-    lines.append("Speed-up columns: time of the torch method / time of this row (> 1 means this row is faster).")
+        chk = "ok" if r.get("checks") else "(reference)"
+        lines.append(f"| {label} | {r['dtype']} | {r['method']} | {r['ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f}) | "
+                     f"{r['gbps']:.1f} | {r['pct_of_probe']:.0f}% | {s1} | {sl} | {chk} |")
+    lines += ["", "Speed-up columns: time of the torch method / time of this row (> 1 means this row is faster). "
+              "check: ours and llr_adamw were compared with a float64 AdamW step on the benchmarked tensors first."]
     return "\n".join(lines) + "\n"
 
 
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--models", nargs="+", default=None, help=f"sizes from {', '.join(C.LLAMA)} (case-insensitive)")
+    ap.add_argument("--backends", nargs="+", default=None, help="our backends (default: triton+cpp on cuda, cpp on cpu)")
+    ap.add_argument("--dtype", nargs="+", default=["fp32"], choices=list(DTYPES), help="param dtype(s) (state is fp32)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--out", default=str(C.RESULTS), help="output folder")
+    ap.add_argument("--tag", default="", help="suffix of the result file names")
+    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                    help="time all methods in rounds (A B C, A B C, ...) with every method's state in memory at "
+                         "once (default on CPU, where drift is the larger error); --no-interleave: one at a time")
+    C.add_common_args(ap)
+    args = ap.parse_args()
+    device, guard = C.setup_run(args)
+    if args.interleave is None:
+        args.interleave = device.type == "cpu"
+    meta, results = run(args, device)
+    load = guard.finish()
+    machine = C.machine_info(device)
+    payload = {"machine": machine, "command": " ".join(["python", "benchmarks/bench_adamw_step.py", *sys.argv[1:]]),
+               "meta": meta, "results": results}
+    stem = f"{args.out}/adamw_step_{device.type}{args.tag}"
+    written = C.write_results(stem, payload, markdown(meta, machine, load, results), guard)
+    failed = [r for r in results if "error" in r]
+    return 3 if not written else (1 if failed else 0)
+
+
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

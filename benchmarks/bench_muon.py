@@ -11,128 +11,153 @@ AdamW for embedding / head / norms):
 * ``per_tensor``  what the public LLR code would need: one param group per layer (its own LR) in
                   torch.optim.Muon and torch.optim.AdamW.
 
+Before timing, LLRMuon with s = 1 (equal math) and torch.optim.Muon + AdamW take two steps (new gradients at
+the second) from the same copies of the benchmarked shapes (block 0, embedding, norms, head); each tensor's update must match
+(relative Frobenius error <= 3e-2 for Muon matrices, bf16 Newton-Schulz; <= 1e-5 for the AdamW part).
+
 Newton-Schulz throughput: useful flops of the batched NS (5 * (4 s^2 l + 2 s^3) per s x l matrix) over its
 time, against a measured bf16 GEMM rate at the largest matrix size.
 
     python benchmarks/bench_muon.py                       # CPU, 135M shapes (2 layers, see --layers)
     python benchmarks/bench_muon.py --device cuda --sizes 135m,1b --layers 0
-Writes benchmarks/results/muon_<device>.{json,md}.
+    python benchmarks/bench_muon.py --dry-run --allow-loaded --out /tmp/x/muon_cpu
+Writes benchmarks/results/muon_<device>.{json,md} (on CPU only when the machine was quiet, or marked
+"LOADED: not valid" with --allow-loaded).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
-from llr_kernels import LLRMuon  # noqa: E402
-from llr_kernels.ops.newton_schulz import newton_schulz  # noqa: E402
-
-SIZES = {  # d_model, n_layers, SwiGLU width, vocab
-    "135m": (768, 12, 2048, 32000),
-    "1b": (2048, 24, 5461, 32000),
-}
+IMPLS = ("llr_muon", "torch_muon", "per_tensor")
+LR, ADAMW_LR, WD = 0.02, 1e-3, 0.1
 
 
-def named_params(size: str, layers: int, device: str) -> list[tuple[str, torch.Tensor]]:
-    d, n_layers, ff, vocab = SIZES[size]
-    n_layers = n_layers if layers <= 0 else min(layers, n_layers)
-    shapes = [("model.embed_tokens.weight", (vocab, d))]
-    for i in range(n_layers):
-        p = f"model.layers.{i}."
-        shapes += [(p + "input_layernorm.weight", (d,))]
-        shapes += [(p + f"self_attn.{k}_proj.weight", (d, d)) for k in "qkvo"]
-        shapes += [(p + "post_attention_layernorm.weight", (d,))]
-        shapes += [(p + "mlp.gate_proj.weight", (ff, d)), (p + "mlp.up_proj.weight", (ff, d)), (p + "mlp.down_proj.weight", (d, ff))]
-    shapes += [("model.norm.weight", (d,)), ("lm_head.weight", (vocab, d))]
-    g = torch.Generator(device="cpu").manual_seed(0)
+def named_params(size: str, layers: int, device: torch.device, seed: int = 0) -> list[tuple[str, torch.nn.Parameter]]:
+    gen = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for name, shape in shapes:
-        p = torch.nn.Parameter((torch.randn(shape, generator=g) * 0.02).to(device))
-        p.grad = (torch.randn(shape, generator=g) * 1e-3).to(device)
+    for name, shape in C.llama_params(size, layers):
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen, device=device) * 0.02)
+        p.grad = torch.randn(shape, generator=gen, device=device) * 1e-3
         out.append((name, p))
     return out
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_fn(fn, device: str, warmup: int, iters: int) -> float:
-    """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def is_muon(name: str, p: torch.Tensor) -> bool:
     return p.dim() == 2 and "embed" not in name and "lm_head" not in name
 
 
-def make_optimizers(kind: str, params: list[tuple[str, torch.Tensor]], device: str, lr: float, adamw_lr: float):
-    fused = {"fused": True} if device == "cuda" else {"foreach": True}
+def make_optimizers(kind: str, params: list[tuple[str, torch.Tensor]], device: torch.device, s: float = 2.0):
+    from llr_kernels import LLRMuon
+
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
     muon = [p for n, p in params if is_muon(n, p)]
     rest = [p for n, p in params if not is_muon(n, p)]
     if kind == "llr_muon":
-        opt = LLRMuon(params, lr=lr, adamw_lr=adamw_lr, weight_decay=0.1, s=2.0, interval=10**9)
-        opt.step()  # step 0 measures alphas (excluded from the timing) and builds the plan
+        opt = LLRMuon(params, lr=LR, adamw_lr=ADAMW_LR, weight_decay=WD, s=s, interval=10**9)
         return [opt]
+    if not hasattr(torch.optim, "Muon"):
+        raise RuntimeError(f"torch {torch.__version__} has no torch.optim.Muon (added in torch 2.9)")
     if kind == "torch_muon":
-        return [torch.optim.Muon(muon, lr=lr, weight_decay=0.1), torch.optim.AdamW(rest, lr=adamw_lr, weight_decay=0.1, **fused)]
+        return [torch.optim.Muon(muon, lr=LR, weight_decay=WD), torch.optim.AdamW(rest, lr=ADAMW_LR, weight_decay=WD, **fused)]
     if kind == "per_tensor":
         return [
-            torch.optim.Muon([{"params": [p], "lr": lr} for p in muon], lr=lr, weight_decay=0.1),
-            torch.optim.AdamW([{"params": [p], "lr": adamw_lr} for p in rest], lr=adamw_lr, weight_decay=0.1, **fused),
+            torch.optim.Muon([{"params": [p], "lr": LR} for p in muon], lr=LR, weight_decay=WD),
+            torch.optim.AdamW([{"params": [p], "lr": ADAMW_LR} for p in rest], lr=ADAMW_LR, weight_decay=WD, **fused),
         ]
     raise ValueError(kind)
+
+
+def clone_params(params):
+    out = []
+    for n, p in params:
+        q = torch.nn.Parameter(p.detach().clone())
+        q.grad = p.grad.clone()
+        out.append((n, q))
+    return out
+
+
+def correctness(size: str, device: torch.device) -> list[dict]:
+    """LLRMuon(s=1) vs torch.optim.Muon + AdamW: two steps on block 0 + embedding/norms/head shapes."""
+    base = named_params(size, 1, device, seed=1)
+    ours, ref = clone_params(base), clone_params(base)
+    opt_ours = make_optimizers("llr_muon", ours, device, s=1.0)
+    opt_ref = make_optimizers("torch_muon", ref, device)
+    gen = torch.Generator(device=device).manual_seed(2)
+    for step in range(2):
+        if step:  # new gradients, so that momentum and Nesterov matter (with fixed ones NS erases them)
+            for (_, a), (_, b) in zip(ours, ref):
+                a.grad = torch.randn(a.shape, generator=gen, device=device) * 1e-3
+                b.grad = a.grad.clone()
+        for o in opt_ours + opt_ref:
+            o.step()
+    C.sync(device)
+    recs = []
+    for (name, p0), (_, a), (_, b) in zip(base, ours, ref):
+        # bf16 Newton-Schulz, batched here and per matrix in torch: GEMM rounding may differ by bf16 ulps;
+        # a wrong LR, shape ratio, momentum or a missing weight decay (~5% of the update here) is larger
+        tol = 3e-2 if is_muon(name, p0) else 1e-5
+        recs.append(C.check_rel_norm(f"update of {name} {tuple(p0.shape)} vs torch.optim", a.detach() - p0.detach(),
+                                     b.detach() - p0.detach(), tol=tol))
+    return recs
 
 
 def ns_flops(shapes: list[tuple[int, int]], steps: int = 5) -> float:
     total = 0.0
     for m, n in shapes:
-        s, l = min(m, n), max(m, n)
-        total += steps * (4 * s * s * l + 2 * s ** 3)
+        short, long_ = min(m, n), max(m, n)
+        total += steps * (4 * short * short * long_ + 2 * short ** 3)
     return total
 
 
-def bench_size(size: str, args) -> dict:
-    device = args.device
+def bench_size(size: str, args, device: torch.device, budget: C.Budget) -> dict:
     params = named_params(size, args.layers, device)
     n_params = sum(p.numel() for _, p in params)
-    res: dict = {"size": size, "params": n_params, "matrices": sum(is_muon(n, p) for n, p in params), "step_ms": {}}
-    for kind in ("llr_muon", "torch_muon", "per_tensor"):
-        if kind not in args.impls:
+    res: dict = {"size": size, "params": n_params, "matrices": sum(is_muon(n, p) for n, p in params), "step": {}}
+    try:
+        res["checks"] = correctness(size, device)
+    except C.CheckFailed as exc:
+        res["error"] = f"correctness check failed (not timed): {exc}"
+        return res
+    for kind in args.impls:
+        if budget.expired():
+            res["step"][kind] = {"skipped": f"budget of {args.budget_s:g} s used up"}
             continue
-        opts = make_optimizers(kind, params, device, 0.02, 1e-3)
+        try:
+            opts = make_optimizers(kind, params, device)
+            if kind == "llr_muon":
+                opts[0].step()  # step 0 measures alphas (excluded from the timing) and builds the plan
 
-        def step():
-            for o in opts:
-                o.step()
+            def step():
+                for o in opts:
+                    o.step()
 
-        res["step_ms"][kind] = 1e3 * time_fn(step, device, args.warmup, args.iters)
-        del opts
-    if "llr_muon" in res["step_ms"] and "torch_muon" in res["step_ms"]:
-        res["speedup_vs_torch_muon"] = res["step_ms"]["torch_muon"] / res["step_ms"]["llr_muon"]
-    if "llr_muon" in res["step_ms"] and "per_tensor" in res["step_ms"]:
-        res["speedup_vs_per_tensor"] = res["step_ms"]["per_tensor"] / res["step_ms"]["llr_muon"]
+            res["step"][kind] = C.time_fn(step, device, args.warmup, args.iters).as_ms()
+        except Exception as exc:  # noqa: BLE001 - report and continue
+            res["step"][kind] = {"error": f"{type(exc).__name__}: {exc}"}
+        opts = None
+        gc.collect()
+    ms = {k: v["ms"] for k, v in res["step"].items() if "ms" in v}
+    if "llr_muon" in ms and "torch_muon" in ms:
+        res["speedup_vs_torch_muon"] = ms["torch_muon"] / ms["llr_muon"]
+    if "llr_muon" in ms and "per_tensor" in ms:
+        res["speedup_vs_per_tensor"] = ms["per_tensor"] / ms["llr_muon"]
+    if budget.expired():
+        return res
 
     # Newton-Schulz alone: one batch per shape bucket, as LLRMuon does
+    from llr_kernels.dispatch import get_op
+
+    _, ns = get_op("newton_schulz", "auto", device)
     buckets: dict[tuple, list[torch.Tensor]] = {}
     for n, p in params:
         if is_muon(n, p):
@@ -140,102 +165,101 @@ def bench_size(size: str, args) -> dict:
     batches = [torch.stack(gs).bfloat16() for gs in buckets.values()]
     outs = [torch.empty_like(b) for b in batches]
 
-    def ns():
+    def run_ns():
         for b, o in zip(batches, outs):
-            newton_schulz(b, out=o)
+            ns(b, out=o)
 
-    t_ns = time_fn(ns, device, args.warmup, args.iters)
+    t_ns = C.time_fn(run_ns, device, args.warmup, args.iters)
     shapes = [tuple(p.shape) for n, p in params if is_muon(n, p)]
-    res["ns_ms"] = 1e3 * t_ns
-    res["ns_tflops"] = ns_flops(shapes) / t_ns / 1e12
-    # reference bf16 GEMM rate at the biggest bucket's Gram-side size
+    res["ns"] = t_ns.as_ms()
+    res["ns_tflops"] = ns_flops(shapes) / t_ns.median / 1e12
     m, n = max(buckets, key=lambda s: s[0] * s[1])
     s_, l_ = min(m, n), max(m, n)
     a = torch.randn(s_, l_, device=device).bfloat16()
     b = torch.randn(l_, s_, device=device).bfloat16()
-    t_mm = time_fn(lambda: a @ b, device, args.warmup, args.iters)
-    res["bf16_matmul_tflops"] = 2 * s_ * s_ * l_ / t_mm / 1e12
+    t_mm = C.time_fn(lambda: a @ b, device, args.warmup, args.iters)
+    res["bf16_matmul_tflops"] = 2 * s_ * s_ * l_ / t_mm.median / 1e12
     res["ns_fraction_of_matmul_rate"] = res["ns_tflops"] / res["bf16_matmul_tflops"]
     return res
 
 
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        import triton
+def markdown(payload: dict, load: dict) -> str:
+    a = payload["args"]
+    lines = [f"# LLRMuon step benchmark ({payload['machine']['device']})", "", C.machine_line(payload["machine"]),
+             C.load_line(load),
+             f"- blocks benchmarked: {a['layers'] or 'all'}; median of {a['iters']} steps after {a['warmup']} warmup; "
+             "checked first: LLRMuon(s=1) vs torch.optim.Muon + AdamW, two steps on the benchmarked shapes"]
+    if a["dry_run"]:
+        lines.append("- DRY RUN (tiny shapes): the numbers are meaningless")
+    lines += ["", "| size | params | Muon matrices | LLRMuon ms | torch.optim.Muon+AdamW ms | per-tensor loop ms | "
+              "speedup vs torch | speedup vs per-tensor | NS TFLOP/s | bf16 matmul TFLOP/s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
 
-        info["triton"] = triton.__version__
-    except Exception:  # noqa: BLE001
-        info["triton"] = None
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    try:
-        info["loadavg_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
+    def cell(r: dict, k: str) -> str:
+        v = r["step"].get(k, {})
+        return f"{v['ms']:.2f} ({v['p10_ms']:.2f}-{v['p90_ms']:.2f})" if "ms" in v else (v.get("error") or v.get("skipped") or "-")
 
+    def num(r: dict, k: str, fmt: str) -> str:
+        return format(r[k], fmt) if k in r else "-"
 
-def write_md(path: Path, payload: dict) -> None:
-    lines = [f"# LLRMuon step benchmark ({payload['device']})", "", "Machine: " + json.dumps(payload["machine"]), "",
-             f"Layers benchmarked: {payload['args']['layers'] or 'all'}; median of {payload['args']['iters']} steps.", "",
-             "| size | params | Muon matrices | LLRMuon ms | torch.optim.Muon+AdamW ms | per-tensor loop ms | speedup vs torch | speedup vs per-tensor | NS TFLOP/s | bf16 matmul TFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["results"]:
-        st = r["step_ms"]
-        lines.append(
-            f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['matrices']} | {st.get('llr_muon', float('nan')):.1f} | "
-            f"{st.get('torch_muon', float('nan')):.1f} | {st.get('per_tensor', float('nan')):.1f} | "
-            f"{r.get('speedup_vs_torch_muon', float('nan')):.2f}x | {r.get('speedup_vs_per_tensor', float('nan')):.2f}x | "
-            f"{r['ns_tflops']:.3f} | {r['bf16_matmul_tflops']:.3f} |"
-        )
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['matrices']} | {r['error']} |")
+            continue
+        lines.append(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['matrices']} | {cell(r, 'llr_muon')} | "
+                     f"{cell(r, 'torch_muon')} | {cell(r, 'per_tensor')} | {num(r, 'speedup_vs_torch_muon', '.2f')}x | "
+                     f"{num(r, 'speedup_vs_per_tensor', '.2f')}x | {num(r, 'ns_tflops', '.3f')} | "
+                     f"{num(r, 'bf16_matmul_tflops', '.3f')} |")
     if payload.get("note"):
         lines += ["", payload["note"]]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--sizes", default="135m")
+    ap.add_argument("--sizes", default=None, help="comma list of " + ",".join(C.LLAMA) + " (default 135m; tiny in --dry-run)")
     ap.add_argument("--layers", type=int, default=None, help="transformer blocks to include (0 = all; CPU default 2)")
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--impls", default="llr_muon,torch_muon,per_tensor")
+    ap.add_argument("--impls", default=",".join(IMPLS))
     ap.add_argument("--out", default=None, help="output stem (default benchmarks/results/muon_<device>)")
     ap.add_argument("--note", default="")
+    C.add_common_args(ap)
     args = ap.parse_args()
-    cpu = args.device == "cpu"
+    device, guard = C.setup_run(args)
+    cpu = device.type == "cpu"
+    args.sizes = args.sizes or ("tiny" if args.dry_run else "135m")
     args.layers = (2 if cpu else 0) if args.layers is None else args.layers
-    args.iters = (3 if cpu else 20) if args.iters is None else args.iters
-    args.warmup = (1 if cpu else 5) if args.warmup is None else args.warmup
-    args.impls = args.impls.split(",")
+    args.iters = (2 if args.dry_run else (3 if cpu else 20)) if args.iters is None else args.iters
+    args.warmup = (1 if (cpu or args.dry_run) else 5) if args.warmup is None else args.warmup
+    args.impls = [k for k in args.impls.split(",") if k]
+    if any(k not in IMPLS for k in args.impls):
+        raise SystemExit(f"--impls: choose from {IMPLS}, got {args.impls}")
+    budget = C.Budget(args.budget_s)
     results = []
     for size in args.sizes.split(","):
-        r = bench_size(size, args)
-        print(json.dumps(r), flush=True)
+        size = C.llama_size(size)
+        if budget.expired():
+            results.append({"size": size, "params": 0, "matrices": 0, "error": f"skipped: budget of {args.budget_s:g} s used up"})
+            continue
+        try:
+            r = bench_size(size, args, device, budget)
+        except Exception as exc:  # noqa: BLE001 - report and continue
+            r = {"size": size, "params": 0, "matrices": 0, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps({k: v for k, v in r.items() if k != "checks"}), flush=True)
         results.append(r)
-    payload = {"device": args.device, "machine": machine(), "args": vars(args), "results": results, "note": args.note}
-    stem = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / f"muon_{args.device}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_md(stem.with_suffix(".md"), payload)
-    print(f"wrote {stem}.json and {stem}.md")
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    load = guard.finish()
+    payload = {"machine": C.machine_info(device), "command": " ".join(["python", "benchmarks/bench_muon.py", *sys.argv[1:]]),
+               "args": vars(args), "results": results, "note": args.note}
+    stem = Path(args.out) if args.out else C.RESULTS / f"muon_{device.type}"
+    written = C.write_results(stem, payload, markdown(payload, load), guard)
+    failed = any("error" in r or any("error" in v for v in r.get("step", {}).values()) for r in results)
+    return 3 if not written else (1 if failed else 0)
 
 
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

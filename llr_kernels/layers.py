@@ -5,7 +5,10 @@ Hill-alpha map; ``embedding`` (and optionally ``lm_head``) are pinned at the top
 (norms, biases) stays at multiplier 1; ``frozen`` parameters are not stepped. A weight shared by several
 modules (an embedding tied to the LM head) is one layer, named after its first name, kind ``embedding``.
 Naming covers Hugging Face LLaMA / Qwen / Mistral / GPT-2 / GPT-NeoX, Meta LLaMA, nanoGPT and plain
-``nn.Linear`` stacks; a ``classify`` callable overrides any decision.
+``nn.Linear`` stacks; a ``classify`` callable overrides any decision. Weights stored transposed, as
+(in_features, out_features) (Hugging Face ``Conv1D`` in GPT-2), are recognised from their module's type and
+report their logical (out, in) shape, which Muon's shape factor uses; from names alone they cannot be told
+apart from ``nn.Linear`` (nanoGPT uses the same names), so pass the model.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class Layer:
     kind: str
     param: torch.Tensor
     aliases: list[str] = field(default_factory=list)
+    transposed: bool = False  # stored as (in, out), e.g. Hugging Face Conv1D
 
     @property
     def is_matrix(self) -> bool:
@@ -59,6 +63,17 @@ class Layer:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.param.shape)
+
+    @property
+    def logical_shape(self) -> tuple[int, ...]:
+        """(out_features, in_features, ...): the stored shape, with the two axes swapped for transposed weights."""
+        shape = self.shape
+        return (shape[1], shape[0], *shape[2:]) if self.transposed and len(shape) >= 2 else shape
+
+
+def stores_transposed(module: nn.Module | None) -> bool:
+    """True for modules that keep their weight as (in_features, out_features): Hugging Face ``Conv1D``."""
+    return module is not None and type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d)
 
 
 def kind_from_name(name: str, param: torch.Tensor, module: nn.Module | None = None) -> str:
@@ -106,7 +121,8 @@ def classify_parameters(
         for param, names, mods in _owners(source).values():
             kinds = [kind_from_name(n, param, m) for n, m in zip(names, mods)]
             kind = _tied_kind(kinds)
-            layers.append(_override(Layer(names[0], kind, param, names), classify, mods[0]))
+            layer = Layer(names[0], kind, param, names, transposed=stores_transposed(mods[0]) and param.dim() == 2)
+            layers.append(_override(layer, classify, mods[0]))
         return layers
     seen: dict[int, Layer] = {}
     for item in source:

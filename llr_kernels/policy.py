@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ._checks import check_bool, check_int, check_real
+
 
 def llr_multipliers(
     alphas: torch.Tensor,
@@ -57,18 +59,22 @@ class LLRConfig:
     pin_lm_head: bool = False
 
     def validate(self) -> "LLRConfig":
-        if not (isinstance(self.s, (int, float)) and math.isfinite(self.s) and self.s >= 1.0):
-            raise ValueError(f"s must be a finite number >= 1 (LRs span [lr, s*lr]; s=1 is plain AdamW), got {self.s!r}")
-        if not (isinstance(self.interval, int) and self.interval >= 1):
-            raise ValueError(f"interval must be an integer >= 1 (steps between alpha updates; paper: 500), got {self.interval!r}")
-        if self.total_steps is not None and not (isinstance(self.total_steps, int) and self.total_steps >= 1):
-            raise ValueError(f"total_steps must be None or an integer >= 1, got {self.total_steps!r}")
-        if not (0.0 <= self.grad_phase <= 1.0):
-            raise ValueError(f"grad_phase must be a fraction in [0, 1] (paper: 0.05), got {self.grad_phase!r}")
-        if not (0.0 < self.active_until <= 1.0):
-            raise ValueError(f"active_until must be a fraction in (0, 1] (1.0 = paper, 0.2 = public scripts), got {self.active_until!r}")
-        if not (isinstance(self.ramp_steps, int) and self.ramp_steps >= 0):
-            raise ValueError(f"ramp_steps must be an integer >= 0 (0 = jump to new LRs), got {self.ramp_steps!r}")
+        """Check every field (TypeError for a wrong type, ValueError for a value out of range); returns self."""
+        check_real("s", self.s, 1.0, hint=" (LRs span [lr, s*lr]; s=1 is plain AdamW/Muon; paper: 3 AdamW, 2 Muon)")
+        check_int("interval", self.interval, 1, hint=" (steps between alpha updates; paper: 500)")
+        if self.total_steps is not None:
+            check_int("total_steps", self.total_steps, 1, hint=" (or None: the length of training, for grad_phase and active_until)")
+        check_real("grad_phase", self.grad_phase, 0.0, 1.0, hint=" (fraction of total_steps measured from gradients; paper: 0.05)")
+        check_real("active_until", self.active_until, 0.0, 1.0, lo_open=True,
+                   hint=" (fraction of total_steps after which multipliers freeze; 1.0 = paper, 0.2 = public scripts)")
+        if self.active_until < 1.0 and self.total_steps is None:
+            raise ValueError(
+                f"active_until={self.active_until!r} is a fraction of training and needs total_steps; pass total_steps "
+                "(the number of optimizer steps) or leave active_until=1.0"
+            )
+        check_int("ramp_steps", self.ramp_steps, 0, hint=" (steps to move linearly to new multipliers; 0 = jump)")
+        check_bool("pin_embedding", self.pin_embedding)
+        check_bool("pin_lm_head", self.pin_lm_head)
         return self
 
 

@@ -5,6 +5,8 @@
 #   bash python/gpu_recipe.sh                         # gpu-20m then gpu-60m
 #   PRESETS="gpu-60m gpu-135m" bash python/gpu_recipe.sh --seeds 0,1,2
 #   DATA_DIR=/path/to/data bash python/gpu_recipe.sh  # corpus elsewhere
+#   DATA=sample bash python/gpu_recipe.sh             # no corpus on this machine: the shipped 2.6 MB sample
+#                                                     # (a smoke of the recipe, not the paper's setting)
 #
 # Each preset writes runs/<preset>-<time>/ (metrics.json, results.md, PNGs) and publishes the table and
 # metrics to benchmarks/results/train_<preset>.{md,json}: commit those, whatever they show.
@@ -14,14 +16,24 @@
 # and the token ids of both shards are built once, in a few minutes, and cached in .cache/llr_data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+# GPU images often have only python3 (the one with torch); prefer it.
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 PRESETS=${PRESETS:-"gpu-20m gpu-60m"}
-DATA_ARGS=(--data shared)
+DATA=${DATA:-shared}
+DATA_ARGS=(--data "$DATA")
 if [[ -n "${DATA_DIR:-}" ]]; then DATA_ARGS+=(--data-dir "$DATA_DIR"); fi
+if [[ "$DATA" == shared ]]; then
+  corpus=${DATA_DIR:-../shared/data}
+  if ! ls "$corpus"/enwiki_train_*.txt.xz >/dev/null 2>&1; then
+    echo "no corpus in $corpus (enwiki_train_*.txt.xz): set DATA_DIR=/path/to/data, or DATA=sample for the shipped sample" >&2
+    exit 2
+  fi
+fi
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: this recipe needs a GPU (the CPU job is --preset cpu-demo)')"
 mkdir -p benchmarks/results
+case "$DATA" in shared) suffix="" ;; sample) suffix="_sample" ;; *) suffix="_custom" ;; esac  # never overwrite the corpus results
 for preset in $PRESETS; do
   stamp=$(date +%Y%m%d-%H%M%S)
   "$PYTHON" python/train.py --preset "$preset" "${DATA_ARGS[@]}" --device cuda \
-    --out "runs/${preset}-${stamp}" --publish "benchmarks/results/train_${preset//-/_}" "$@"
+    --out "runs/${preset}-${stamp}" --publish "benchmarks/results/train_${preset//-/_}${suffix}" "$@"
 done

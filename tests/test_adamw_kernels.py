@@ -12,8 +12,12 @@ import math
 import pytest
 import torch
 
+from conftest import backend_missing, backend_param, needs
 from llr_kernels import dispatch
 from llr_kernels.ops import _work_table
+from reference import adamw_step_f64
+
+pytestmark = pytest.mark.usefixtures("nan_fill")
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BETAS = (0.9, 0.999)
@@ -25,12 +29,7 @@ SIZES = [0, 1, 2, 3, 7, 16, 31, 64, 100, 255, 512, 777, 1000, 1023, 1024, 1025, 
          8192, 8193, 12345, 16384, 20000, 32768, 32769, 40000, 70001]
 
 
-def _backend_param(name: str):
-    why = dispatch.unavailable_reason(name, DEV)
-    return pytest.param(name, marks=pytest.mark.skipif(why is not None, reason=why or ""))
-
-
-BACKENDS = [_backend_param(b) for b in ("torch", "triton", "cpp")]
+BACKENDS = [backend_param(b, DEV) for b in ("torch", "triton", "cpp")]
 
 
 def op_for(backend: str):
@@ -78,26 +77,11 @@ class Case:
 
 def reference(case: Case, maximize=False, inv_scale=None, max_grad_norm=None):
     """One AdamW step in float64 from the case's (rounded) values: (params, m, v, vmax, steps, norm)."""
-    f64 = lambda xs: [x.detach().cpu().double() for x in xs]  # noqa: E731
-    p, g, m, v, vmax = f64(case.params), f64(case.grads), f64(case.m), f64(case.v), f64(case.vmax)
-    scale = 1.0 if inv_scale is None else float(inv_scale)
-    norm = None
-    if max_grad_norm is not None:
-        norm = math.sqrt(sum(float((x * x).sum()) for x in g)) * scale
-        scale *= min(1.0, max_grad_norm / (norm + 1e-6))
-    steps = case.steps.detach().cpu().double() + 1
-    b1, b2 = BETAS
-    out_p, out_m, out_v, out_x = [], [], [], []
-    for i in range(len(p)):
-        lr, wd, t = float(case.lrs[i]), float(case.wds[i]), float(steps[i])
-        gi = g[i] * scale * (-1 if maximize else 1)
-        pi = p[i] * (1 - lr * wd)
-        mi = b1 * m[i] + (1 - b1) * gi
-        vi = b2 * v[i] + (1 - b2) * gi * gi
-        vh = torch.maximum(vmax[i], vi) if case.amsgrad else vi
-        pi = pi - lr / (1 - b1**t) * mi / (vh.sqrt() / math.sqrt(1 - b2**t) + EPS)
-        out_p.append(pi), out_m.append(mi), out_v.append(vi), out_x.append(vh)
-    return out_p, out_m, out_v, out_x, steps, norm
+    p, m, v, x, t, norm = adamw_step_f64(case.params, case.grads, case.m, case.v, case.vmax if case.amsgrad else None,
+                                         case.lrs.tolist(), case.wds.tolist(), case.steps.tolist(), betas=BETAS, eps=EPS,
+                                         amsgrad=case.amsgrad, maximize=maximize, inv_scale=inv_scale,
+                                         max_grad_norm=max_grad_norm)
+    return p, m, v, x, torch.tensor(t, dtype=torch.float64), norm
 
 
 def _rel(dtype: torch.dtype) -> float:
@@ -189,7 +173,7 @@ def test_multi_step_counters_and_lr_changes(backend):
         torch.testing.assert_close(x.float(), y.float(), rtol=_rel(x.dtype) * 4, atol=1e-6)
 
 
-@pytest.mark.skipif(dispatch.unavailable_reason("triton", DEV) is not None, reason="triton unavailable")
+@needs(backend_missing("triton", DEV), "backend 'triton'")
 def test_triton_lr_change_reuses_work_table():
     """Changing LRs / weight decays in place rebuilds nothing; new grad tensors only re-upload addresses."""
     from llr_kernels.ops import adamw_triton
@@ -222,10 +206,10 @@ def test_triton_lr_change_reuses_work_table():
 def test_bad_arguments(backend):
     fn = op_for(backend)
     case = Case(7, amsgrad=False, sizes=[4, 5]).clone()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must have one entry per tensor"):
         fn(case.params, case.grads[:1], case.m, case.v, None, case.lrs, case.wds, case.steps, beta1=0.9,
            beta2=0.999, eps=1e-8)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="amsgrad=True needs max_exp_avg_sqs"):
         fn(case.params, case.grads, case.m, case.v, None, case.lrs, case.wds, case.steps, beta1=0.9, beta2=0.999,
            eps=1e-8, amsgrad=True)
 

@@ -1,28 +1,20 @@
-"""LLRAdamW with s = 1 on every step backend reproduces torch.optim.AdamW over 100 steps on a small transformer."""
+"""LLRAdamW with s = 1 on every step backend reproduces torch.optim.AdamW over many steps on a small transformer.
+
+The long-run companion of tests/test_optim_table.py (a few steps per argument combination): step counters,
+bias corrections and rounding over 100 steps (30 through the slow Triton interpreter). Tolerance: rtol 1e-4,
+atol 2e-5 on parameters of magnitude ~0.1-1 after 100 steps of lr 3e-3 (float32 rounding differences of the
+fast kernels, amplified by the training dynamics; an LR or beta error is orders of magnitude larger).
+"""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from llr_kernels import LLRAdamW, dispatch
+from conftest import backend_param
+from llr_kernels import LLRAdamW
 from tiny_models import TinyLlama, batches, lm_loss
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _backend_param(name: str):
-    why = dispatch.unavailable_reason(name, DEV)
-    return pytest.param(name, marks=pytest.mark.skipif(why is not None, reason=why or ""))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: after the Triton interpreter has run, 2 OpenMP threads on a loaded 2-core machine
-    make the tiny model's forward/backward ~100x slower (spin-waiting); one thread is also fully deterministic."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _train(model, opt, data, clip=None):
@@ -38,10 +30,12 @@ def _train(model, opt, data, clip=None):
     return losses
 
 
-@pytest.mark.parametrize("backend", [_backend_param(b) for b in ("torch", "triton", "cpp")])
+@pytest.mark.parametrize("backend", [backend_param(b, DEV) for b in ("torch", "triton", "cpp")])
 @pytest.mark.parametrize("clip", [None, 0.5], ids=["noclip", "clip"])
 def test_s1_reproduces_torch_adamw(backend, clip):
     steps = 100 if clip is None else 30
+    if backend == "triton" and DEV.type == "cpu":
+        steps = 30 if clip is None else 12  # the interpreter costs ~0.2 s per step
     torch.manual_seed(0)
     ref_model = TinyLlama(d=32, heads=4, ffn=64, layers=2).to(DEV)
     model = TinyLlama(d=32, heads=4, ffn=64, layers=2).to(DEV)

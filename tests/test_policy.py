@@ -1,28 +1,31 @@
-"""The LLR map (paper Eq. 3) and Algorithm 1's schedule, against the published formulas."""
+"""The LLR map (paper Eq. 3) and Algorithm 1's schedule, against the published formulas (tests/reference.py)."""
+import math
+
 import pytest
 import torch
 
 from llr_kernels.policy import LLRConfig, LLRPolicy, llr_multipliers
+from reference import eq3
 
-
-def eq3(alphas, s):
-    lo, hi = min(alphas), max(alphas)
-    return [(a - lo) / (hi - lo) * (s - 1) + 1 for a in alphas]
+NONE_PINNED = torch.zeros(4, dtype=torch.bool)
 
 
 @pytest.mark.parametrize("s", [1.5, 2.0, 3.0, 7.0])
-def test_eq3_on_random_alphas(s):
-    alphas = (torch.rand(17, dtype=torch.float64) * 5 + 1.5).tolist()
+def test_eq3_on_random_alphas(s, seed):
+    gen = torch.Generator().manual_seed(seed)
+    alphas = (torch.rand(17, generator=gen, dtype=torch.float64) * 5 + 1.5).tolist()
     got = llr_multipliers(torch.tensor(alphas, dtype=torch.float64), s)
-    assert torch.allclose(got, torch.tensor(eq3(alphas, s), dtype=torch.float64), rtol=1e-12, atol=0)
+    assert got.tolist() == pytest.approx(eq3(alphas, s), rel=1e-12)
     assert float(got.min()) == pytest.approx(1.0) and float(got.max()) == pytest.approx(s)
+    assert int(got.argmax()) == max(range(17), key=alphas.__getitem__)  # highest alpha: largest LR
 
 
 def test_pinned_layers_sit_at_s_and_do_not_set_the_range():
     alphas = torch.tensor([9.0, 2.0, 3.0, 4.0], dtype=torch.float64)  # layer 0: embedding, huge alpha
     pinned = torch.tensor([True, False, False, False])
     got = llr_multipliers(alphas, 3.0, pinned=pinned)
-    assert got.tolist() == pytest.approx([3.0] + eq3([2.0, 3.0, 4.0], 3.0))
+    assert got.tolist() == pytest.approx(eq3(alphas.tolist(), 3.0, pinned.tolist()))
+    assert got.tolist() == pytest.approx([3.0, 1.0, 2.0, 3.0])
 
 
 def test_nan_alpha_keeps_previous_multiplier():
@@ -30,7 +33,7 @@ def test_nan_alpha_keeps_previous_multiplier():
     alphas = torch.tensor([float("nan"), 2.0, 4.0, 3.0], dtype=torch.float64)
     got = llr_multipliers(alphas, 3.0, previous=prev)
     assert got[0] == 1.7
-    assert got[1:].tolist() == pytest.approx(eq3([2.0, 4.0, 3.0], 3.0))
+    assert got.tolist() == pytest.approx(eq3(alphas.tolist(), 3.0, previous=prev.tolist()))
 
 
 def test_degenerate_ranges_give_one():
@@ -44,7 +47,7 @@ def test_degenerate_ranges_give_one():
 def test_infinite_alpha_does_not_squash_the_others():
     # the TempBalance failure: one layer with alpha = inf would map everyone else to 1
     got = llr_multipliers(torch.tensor([float("inf"), 2.0, 3.0, 4.0]), 3.0)
-    assert got.tolist() == pytest.approx([1.0] + eq3([2.0, 3.0, 4.0], 3.0))
+    assert got.tolist()[1:] == pytest.approx(eq3([2.0, 3.0, 4.0], 3.0))
 
 
 def test_schedule_follows_algorithm_1():
@@ -59,33 +62,70 @@ def test_schedule_follows_algorithm_1():
 def test_active_until_freezes_updates():
     pol = LLRPolicy(LLRConfig(interval=10, total_steps=100, active_until=0.2), 2, torch.zeros(2, dtype=torch.bool))
     assert [t for t in range(100) if pol.is_update_step(t)] == [0, 10]
-    assert pol.phase(25) == "frozen"
+    assert [pol.phase(t) for t in (19, 20, 25)] == ["weight", "frozen", "frozen"]
+
+
+def ramp_reference(start, target, last, t, r):
+    frac = min(1.0, (t - last + 1) / r)
+    return [a + (b - a) * frac for a, b in zip(start, target)]
 
 
 def test_ramp_moves_linearly_to_the_new_multipliers():
     pol = LLRPolicy(LLRConfig(s=3.0, interval=100, ramp_steps=4), 3, torch.zeros(3, dtype=torch.bool))
     pol.update(0, torch.tensor([1.0, 2.0, 3.0]), "weight")  # from all-ones to [1, 2, 3]
-    want = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     for t in range(6):
-        frac = min(1.0, (t + 1) / 4)
-        assert torch.allclose(pol.multipliers(t), 1 + (want - 1) * frac)
+        assert pol.multipliers(t).tolist() == pytest.approx(ramp_reference([1.0] * 3, [1.0, 2.0, 3.0], 0, t, 4))
+        assert pol.ramping(t) == (t < 4)  # the ramp spans ramp_steps steps, the last one at the target
     pol.update(100, torch.tensor([3.0, 2.0, 1.0]), "weight")
-    assert torch.allclose(pol.multipliers(100), want + (want.flip(0) - want) * 0.25)
+    assert pol.multipliers(100).tolist() == pytest.approx(ramp_reference([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], 100, 100, 4))
+    # a second update inside a ramp starts from where the ramp is, not from its target
+    pol.update(101, torch.tensor([1.0, 1.5, 3.0]), "weight")
+    mid = ramp_reference([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], 100, 101, 4)
+    assert pol.start.tolist() == pytest.approx(mid)
+
+
+def test_state_dict_round_trip_mid_ramp():
+    """Every field survives: alphas, targets, the ramp's start, the last update and its source."""
+    cfg = LLRConfig(s=3.0, interval=5, total_steps=50, ramp_steps=3)
+    pinned = torch.tensor([True, False, False, False])
+    pol = LLRPolicy(cfg, 4, pinned)
+    pol.update(0, torch.tensor([5.0, 2.0, 3.0, 4.0]), "grad")
+    pol.update(5, torch.tensor([5.0, 4.0, float("nan"), 2.0]), "weight")
+    new = LLRPolicy(cfg, 4, pinned)
+    new.load_state_dict(pol.state_dict())
+    for t in (5, 6, 7, 8):
+        assert torch.equal(new.multipliers(t), pol.multipliers(t)), t
+    assert new.last_update == 5 and new.last_source == "weight" and new.num_updates == 2
+    assert torch.equal(new.alphas.nan_to_num(-1), pol.alphas.nan_to_num(-1))
+    assert new.start.tolist() == pytest.approx([3.0] + eq3([2.0, 3.0, 4.0], 3.0))  # the first update's targets
+    with pytest.raises(ValueError, match="LLR state has 4 layers but this optimizer has 3"):
+        LLRPolicy(cfg, 3, pinned[:3]).load_state_dict(pol.state_dict())
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        (dict(s=0.5), "s must be"),
-        (dict(s=float("inf")), "s must be"),
-        (dict(interval=0), "interval"),
-        (dict(grad_phase=1.5), "grad_phase"),
-        (dict(grad_phase=-0.1), "grad_phase"),
-        (dict(active_until=0.0), "active_until"),
-        (dict(ramp_steps=-1), "ramp_steps"),
-        (dict(total_steps=0), "total_steps"),
+        (dict(s=0.5), ValueError, r"^s must be >= 1"),
+        (dict(s=float("inf")), ValueError, r"^s must be >= 1"),
+        (dict(s="2"), TypeError, r"^s must be a real number"),
+        (dict(interval=0), ValueError, r"^interval must be >= 1"),
+        (dict(interval=10.0), TypeError, r"^interval must be an integer"),
+        (dict(grad_phase=1.5), ValueError, r"^grad_phase must be in \[0, 1\]"),
+        (dict(grad_phase=-0.1), ValueError, r"^grad_phase must be in \[0, 1\]"),
+        (dict(active_until=0.0, total_steps=10), ValueError, r"^active_until must be in \(0, 1\]"),
+        (dict(active_until=0.5), ValueError, r"needs total_steps"),
+        (dict(ramp_steps=-1), ValueError, r"^ramp_steps must be >= 0"),
+        (dict(total_steps=0), ValueError, r"^total_steps must be >= 1"),
+        (dict(pin_embedding=1), TypeError, r"^pin_embedding must be True or False"),
     ],
+    ids=["s-below-1", "s-inf", "s-string", "interval-0", "interval-float", "grad-phase-above-1", "grad-phase-negative",
+         "active-until-0", "active-until-without-total", "ramp-negative", "total-steps-0", "pin-embedding-int"],
 )
-def test_bad_config_raises(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_config_raises(kwargs, error, match):
+    with pytest.raises(error, match=match):
         LLRConfig(**kwargs).validate()
+
+
+def test_valid_config_is_returned():
+    cfg = LLRConfig(s=1, interval=1, total_steps=1, grad_phase=1.0, active_until=0.5, ramp_steps=0)
+    assert cfg.validate() is cfg and math.isfinite(cfg.s)

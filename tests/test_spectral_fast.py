@@ -1,6 +1,8 @@
-"""Fast spectral path (llr_kernels.spectral.fast): batched exact vs float64 numpy, SLQ (method="lanczos")
-within its documented error on Gaussian / power-law / spiked / rank-deficient matrices over fresh seeds,
-the Hill reductions and tridiagonal eigensolvers against independent references, status parity."""
+"""Fast spectral path (llr_kernels.spectral.fast): batched exact vs float64 numpy, the float32 "auto" path within
+1e-5 of float64 Eq. 2, SLQ (method="lanczos") within its documented error on Gaussian / power-law / spiked /
+rank-deficient matrices over fresh seeds, the Hill reductions, Gram eigensolver ops and tridiagonal eigensolvers
+against independent references, and the statuses of odd inputs (orthogonal in every dtype, near-flat, spiked,
+rank-deficient, zero, non-finite, tiny, 1 x N) equal on every path."""
 import math
 
 import numpy as np
@@ -114,30 +116,166 @@ def test_chunking_by_memory_budget_gives_same_result():
 
 
 # ---------------------------------------------------------------- status parity
-def special_mats() -> list[torch.Tensor]:
+def orthogonal(rows: int, cols: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """nn.init.orthogonal_ made in float32 (float64 for float64), stored in ``dtype``."""
+    torch.manual_seed(seed)
+    w = torch.empty(rows, cols, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    torch.nn.init.orthogonal_(w)
+    return w.to(dtype)
+
+
+def spiked_flat(n: int, m: int, spikes: list[float], seed: int) -> torch.Tensor:
+    """Orthogonal (flat) n x m matrix whose first singular values are multiplied by ``spikes``."""
+    q = orthogonal(m, m, torch.float64, seed)[:n] if n <= m else orthogonal(n, n, torch.float64, seed)[:, :m]
+    u, _, v = torch.linalg.svd(q, full_matrices=False)
+    s = torch.ones(min(n, m), dtype=torch.float64)
+    s[: len(spikes)] = torch.tensor(spikes, dtype=torch.float64)
+    return ((u * s) @ v).float()
+
+
+def special_mats() -> tuple[list[torch.Tensor], list[str]]:
+    """Inputs with a status each that no method may change (the one expected from the rules in hill.py)."""
     g = torch.Generator().manual_seed(0)
     nanm = torch.randn(70, 90, generator=g)
     nanm[3, 4] = float("nan")
     infm = torch.randn(90, 70, generator=g)
     infm[5, 6] = float("inf")
     low = torch.zeros(100, 200)
-    low[:10] = torch.randn(10, 200, generator=g)  # rank 10 < n/2: threshold eigenvalue is 0
+    low[:10] = torch.randn(10, 200, generator=g)  # rank 10 < min_eigs: nothing to estimate
     ident = torch.zeros(64, 128)
-    ident[:, :64] = torch.eye(64)  # flat spectrum
-    return [torch.zeros(80, 90), nanm, infm, torch.randn(20, 300, generator=g), low, ident,
-            torch.randn(90, 120, generator=g)]
+    ident[:, :64] = torch.eye(64)  # exactly flat
+    rank60 = torch.randn(160, 60, generator=g) @ torch.randn(60, 240, generator=g)  # rank 60 < n/2
+    cases = [
+        (torch.zeros(80, 90), "zero_matrix"),
+        (nanm, "non_finite"),
+        (infm, "non_finite"),
+        (torch.randn(20, 300, generator=g), "too_few_eigenvalues"),
+        (torch.randn(1, 300, generator=g), "too_few_eigenvalues"),
+        (torch.randn(300, 1, generator=g), "too_few_eigenvalues"),
+        (low, "rank_deficient"),
+        (ident, "flat_spectrum"),
+        (orthogonal(128, 128, torch.float32, 1), "flat_spectrum"),  # the issue: was alpha ~2.5e6 "ok"
+        (orthogonal(96, 256, torch.bfloat16, 2), "flat_spectrum"),
+        (orthogonal(256, 96, torch.float16, 3), "flat_spectrum"),
+        (orthogonal(100, 100, torch.float64, 4) * 1e-3, "flat_spectrum"),
+        (orthogonal(100, 300, torch.float32, 5) * 0.02, "flat_spectrum"),
+        (spiked_flat(128, 200, [1.5**0.5], 6), "out_of_range"),  # one spike, l x 1.5: m = ln(1.5)/64, alpha ~ 159
+        (spiked_flat(128, 200, [20.0, 15.0, 10.0, 8.0], 7), "ok"),  # four spikes on a flat bulk: alpha ~ 4.2
+        (rank60, "ok_rank_deficient"),
+        (torch.randn(90, 120, generator=g) * 1e-25, "ok"),  # tiny: the Gram would underflow in fp32
+        (torch.randn(90, 120, generator=g), "ok"),
+    ]
+    return [m for m, _ in cases], [s for _, s in cases]
 
 
-@pytest.mark.parametrize("method", ["exact", "lanczos"])
+def test_special_statuses_follow_the_rules():
+    """The expected statuses are those of numpy float64 spectra under the documented rules."""
+    mats, want = special_mats()
+    for w, st in zip(mats, want):
+        if st in ("out_of_range", "ok") and min(w.shape) >= 50:
+            a = np_alpha(w.double().numpy())
+            assert (a > 50) == (st == "out_of_range") and a > 1.5, (st, a)
+
+
+@pytest.mark.parametrize("method", ["exact", "lanczos", "auto"])
 def test_status_parity_with_reference(method):
-    mats = special_mats()
+    mats, want = special_mats()
     ref = hill_alpha(mats, return_status=True)
-    kw = dict(probes=8, steps=32, groups=4) if method == "lanczos" else {}
+    assert ref.status == want
+    kw = dict(probes=16, steps=32, groups=4) if method == "lanczos" else {}
     got = hill_alpha(mats, method=method, return_status=True, **kw)
     assert got.status == ref.status
-    assert ref.status[:6] == ["zero_matrix", "non_finite", "non_finite", "too_few_eigenvalues", "rank_deficient",
-                              "flat_spectrum"]
-    assert np.isnan(got.alpha.numpy()[:6]).all() and np.isfinite(got.alpha.numpy()[6])
+    ok = np.array([s in ("ok", "ok_rank_deficient") for s in want])
+    assert np.isnan(got.alpha.numpy()[~ok]).all() and np.isfinite(got.alpha.numpy()[ok]).all()
+
+
+def np_eq2(w: np.ndarray) -> float:
+    """Eq. 2 from numpy float64 eigvalsh of the float64 Gram (the reference the float32 path is held to)."""
+    g = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    lam = np.linalg.eigvalsh(g)
+    n = len(lam)
+    k = n // 2
+    return 1.0 + k / np.sum(np.log(lam[n - k :] / lam[n - k - 1]))
+
+
+def trained_like(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Marchenko-Pastur bulk with a power-law tail on the top 10% and three spikes (lmax / median ~ 1e3-1e4)."""
+    n = min(rows, cols)
+    a = rng.standard_normal((n, 2 * n))
+    lam = np.linalg.eigvalsh(a @ a.T / (2 * n))
+    t = n // 10
+    lam[-t:] *= (1 - (np.arange(t) + rng.random(t)) / t) ** (-1 / rng.uniform(1.5, 4))
+    lam[-3:] *= 10 ** rng.uniform(1, 2.5, 3)
+    u, _ = np.linalg.qr(rng.standard_normal((rows, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((cols, n)))
+    return (u * np.sqrt(np.sort(lam))) @ v.T
+
+
+@pytest.mark.parametrize("shapes", [[(256, 256), (256, 683), (683, 256)], [(768, 768), (2048, 768)]])
+def test_auto_within_1e5_of_float64_eq2(shapes):
+    """hill_alpha(method="auto") (float32 with the measured bound, float64 where it fails) against numpy float64
+    Eq. 2 on fresh Gaussian, power-law and trained-like matrices stored in float32 and bf16."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    rng = np.random.default_rng(seed)
+    mats = []
+    for r, c in shapes:
+        for kind in ("gauss", "powerlaw", "trained"):
+            w = trained_like(r, c, rng) if kind == "trained" else make(kind, min(r, c), max(r, c), rng,
+                                                                       rng.uniform(2, 6))
+            w = w if (w.shape[0] <= w.shape[1]) == (r <= c) else w.T
+            mats.append(torch.from_numpy(np.ascontiguousarray(w)).to(torch.bfloat16 if len(mats) % 3 == 2 else
+                                                                     torch.float32))
+    rep: dict = {}
+    got = hill_alpha(mats, method="auto", return_status=True, report=rep)
+    want = np.array([np_eq2(m.double().numpy()) for m in mats])
+    assert got.status == ["ok"] * len(mats), (seed, got.status)
+    rel = np.abs(got.alpha.numpy() / want - 1)
+    assert rel.max() <= 1e-5, (seed, rel, rep["fp64_eig"], rep["fp64_rerun"])
+
+
+def test_gram_eigvalsh_cpp_matches_torch_reference():
+    from llr_kernels import _ext
+
+    if _ext.unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip(f"C++ extension unavailable: {_ext.unavailable_reason(torch.device('cpu'))}")
+    from llr_kernels.spectral.gram_torch import eigvalsh_batch_torch, gram_eigvalsh_torch
+    from llr_kernels.spectral.tridiag_cpp import eigvalsh_cpp, gram_eigvalsh_cpp
+
+    g = torch.Generator().manual_seed(0)
+    nan = torch.randn(64, 100, generator=g)
+    nan[1, 2] = float("nan")
+    mats = [torch.randn(64, 100, generator=g), torch.randn(150, 64, generator=g).bfloat16(),
+            torch.randn(64, 64, generator=g).double() * 1e200, torch.randn(64, 70, generator=g) * 1e-30,
+            torch.zeros(64, 64), nan, torch.randn(300, 64, generator=g).half()]
+    ref = [None if i == 5 else np.sort(np.linalg.svd(m.double().numpy() / max(1e-300, float(m.double().abs().max())),
+                                                      compute_uv=False) ** 2) for i, m in enumerate(mats)]
+    for dt, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        e, grams = gram_eigvalsh_cpp(mats, dt, True)
+        e_t, _ = gram_eigvalsh_torch(mats, dt, True)
+        assert e.dtype == dt and grams.shape == (7, 64, 64)
+        for i, (x, r) in enumerate(zip(e.double().numpy(), ref)):
+            if i == 4:
+                assert (x == 0).all()
+            elif i == 5:
+                assert np.isnan(x).all() and torch.isnan(e_t[i]).all()
+            else:  # scaled by a power of two or not: compare the spectra relative to their largest eigenvalue
+                np.testing.assert_allclose(x / x[-1], r / r[-1], atol=tol * 10, err_msg=str((dt, i)))
+                np.testing.assert_allclose(e_t[i].double().numpy() / float(e_t[i, -1]), r / r[-1], atol=tol * 10)
+        e2 = eigvalsh_cpp(grams, torch.float64)
+        np.testing.assert_allclose(e2[:4].numpy(), eigvalsh_batch_torch(grams[:4], torch.float64).numpy(), rtol=1e-12)
+
+
+def test_lanczos_rank_deficient_alpha_near_exact():
+    """A rank-60 matrix (n = 200 > 2 x 60): SLQ reads the rank from the mass at zero and Eq. 2 on the nonzero part
+    within its statistical error of the exact rank-aware alpha."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    rng = np.random.default_rng(seed)
+    ws = [rng.standard_normal((200, 60)) @ rng.standard_normal((60, 300)) for _ in range(3)]
+    mats = [torch.from_numpy(w) for w in ws]
+    ex = hill_alpha(mats, return_status=True)
+    lz = hill_alpha(mats, method="lanczos", return_status=True, probes=32, steps=48, seed=seed)
+    assert ex.status == lz.status == ["ok_rank_deficient"] * 3, (seed, ex, lz)
+    np.testing.assert_allclose(lz.alpha.numpy(), ex.alpha.numpy(), rtol=0.08, err_msg=str(seed))
 
 
 def test_bad_arguments_say_what_to_do():

@@ -1,8 +1,9 @@
 """Multi-tensor AdamW step with one learning rate per tensor, through the C++/CUDA extension (csrc/adamw_*).
 
 Same arguments and semantics as :func:`llr_kernels.ops.adamw_torch.adamw_step_torch`. On CPU the C++ op
-splits the tensors into chunks itself and runs them in parallel (reading lrs / steps / found_inf directly:
-there is no host sync on CPU). On CUDA it launches one kernel per dtype bucket over the same cached work
+steps every tensor in one pass per element with vector code chosen for the CPU at run time, each thread taking
+one contiguous range of all the tensors' elements (it reads lrs / steps / found_inf directly: there is no host
+sync on CPU). On CUDA it launches one kernel per dtype bucket over the same cached work
 tables as the Triton path (``_work_table``), with every scalar read on device.
 """
 from __future__ import annotations

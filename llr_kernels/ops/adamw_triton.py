@@ -13,10 +13,13 @@ counter atomically; the program that comes last writes ``step + 1`` and resets t
 ``found_inf != 0`` every program does nothing. With ``max_grad_norm``, a first launch writes the squared norm
 of every chunk, torch sums them (one small reduction), and the step kernel derives the clip factor from it.
 
-fp64 params are stepped by the torch reference (Triton's fp64 math buys nothing here).
+fp64 params (and grads or state of dtypes outside ``PARAM_DTYPES`` / ``STATE_DTYPES``) are stepped by the
+torch reference (Triton's fp64 math buys nothing here). ``launch_variants`` lists every compilation the
+wrappers can launch, from the same tables, for scripts/compile_check.py.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -25,19 +28,29 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..kernel_variants import Variant
 from . import _work_table as wt
 from .adamw_torch import adamw_step_torch
 
 CHUNK = 32768  # elements per program
-# elements per inner iteration; the interpreter pays per op, not per element, so it gets fewer, larger blocks
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-BLOCK = 8192 if _INTERPRETED else 1024
-NUM_WARPS = 4
 
+# The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles).
+# Grads share their param's dtype (as torch requires of .grad); other dtypes go through the torch reference.
+PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+STATE_DTYPES = (torch.float32, torch.bfloat16)
+_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+def launch_config(interpreted: bool) -> tuple[int, int]:
+    """(BLOCK, num_warps): elements per inner iteration and warps per program. The interpreter pays per op,
+    not per element, so it gets fewer, larger blocks; on GPU 1024 x 4 warps gives 8 elements per thread."""
+    return (8192, 4) if interpreted else (1024, 4)
+
+
+BLOCK, NUM_WARPS = launch_config(_INTERPRETED)
 build_count = wt.build_count  # number of work tables built so far (re-exported for tests)
 meta_upload_count = wt.meta_upload_count
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 @triton.jit
@@ -62,7 +75,7 @@ def _cast_out(x, DT: tl.constexpr, MANUAL_RTNE: tl.constexpr):
 
 @triton.jit
 def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n, decay, w1, beta2, w2, step_size, bc2_sqrt, eps,
-                 gscale, P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
+                 gscale, P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr,
                  MASKED: tl.constexpr, P_RTNE: tl.constexpr, S_RTNE: tl.constexpr):
     if MASKED:
         mask = offs < n
@@ -75,9 +88,7 @@ def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n, decay, w1, beta2, w
         g = tl.load(g_ptr + offs).to(tl.float32)
         m = tl.load(m_ptr + offs).to(tl.float32)
         v = tl.load(v_ptr + offs).to(tl.float32)
-    g = g * gscale
-    if MAXIMIZE:
-        g = -g
+    g = g * gscale  # gscale carries the sign for maximize: g * -s == -(g * s) exactly
     p = p * decay
     m = m + w1 * (g - m)
     v = v * beta2 + w2 * g * g
@@ -104,20 +115,22 @@ def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n, decay, w1, beta2, w
         tl.store(v_ptr + offs, _cast_out(v, S_DT, S_RTNE))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["has_scale", "has_inf", "has_clip"])
 def _adamw_kernel(work_ptr, meta_ptr, counter_ptr, lr_ptr, wd_ptr, step_ptr, scale_ptr, found_inf_ptr, sumsq_ptr,
-                  max_grad_norm, w1, beta2, w2, log_beta1, log_beta2, eps,
-                  P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr,
-                  MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, HAS_CLIP: tl.constexpr,
+                  max_grad_norm, w1, beta2, w2, log_beta1, log_beta2, eps, gsign, has_scale, has_inf, has_clip,
+                  P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr,
                   ALIGNED: tl.constexpr, META_COLS: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
                   P_RTNE: tl.constexpr, S_RTNE: tl.constexpr):
+    # Grads have the param dtype (P_DT). The optional inputs (inv_scale, found_inf, clipping: 0/1 ints the
+    # JIT does not specialise on) and maximize (gsign = -1) are runtime scalars, not constexprs:
+    # uniform branches on scalars cost nothing in this memory-bound loop, and as constexprs they would
+    # multiply the compiled variants by 16.
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(work_ptr + 2 * pid)
     start = tl.load(work_ptr + 2 * pid + 1)
-    if HAS_INF:
+    found = 0.0
+    if has_inf != 0:
         found = tl.load(found_inf_ptr).to(tl.float32)
-    else:
-        found = 0.0
     if found == 0.0:
         row = meta_ptr + t * META_COLS
         numel = tl.load(row + 5)
@@ -134,20 +147,20 @@ def _adamw_kernel(work_ptr, meta_ptr, counter_ptr, lr_ptr, wd_ptr, step_ptr, sca
         step_size = lr / _one_minus_pow(log_beta1, step)
         bc2_sqrt = tl.sqrt_rn(_one_minus_pow(log_beta2, step))
         decay = 1.0 - lr * wd
-        if HAS_SCALE:
+        gscale = 1.0
+        if has_scale != 0:
             gscale = tl.load(scale_ptr).to(tl.float32)
-        else:
-            gscale = 1.0
-        if HAS_CLIP:
+        if has_clip != 0:
             norm = tl.sqrt_rn(tl.load(sumsq_ptr)) * gscale
             gscale = gscale * tl.minimum(max_grad_norm / (norm + 1e-6), 1.0)
+        gscale = gscale * gsign
         p_addr = tl.load(row + 0)
         g_addr = tl.load(row + 1)
         m_addr = tl.load(row + 2)
         v_addr = tl.load(row + 3)
         x_addr = tl.load(row + 4)
         p_ptr = p_addr.to(tl.pointer_type(P_DT)) + start
-        g_ptr = g_addr.to(tl.pointer_type(G_DT)) + start
+        g_ptr = g_addr.to(tl.pointer_type(P_DT)) + start
         m_ptr = m_addr.to(tl.pointer_type(S_DT)) + start
         v_ptr = v_addr.to(tl.pointer_type(S_DT)) + start
         x_ptr = x_addr.to(tl.pointer_type(S_DT)) + start
@@ -163,11 +176,11 @@ def _adamw_kernel(work_ptr, meta_ptr, counter_ptr, lr_ptr, wd_ptr, step_ptr, sca
         for i in range(0, n_blocks):
             offs = i * BLOCK + arange
             _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n_here, decay, w1, beta2, w2, step_size,
-                         bc2_sqrt, eps, gscale, P_DT, S_DT, AMSGRAD, MAXIMIZE, False, P_RTNE, S_RTNE)
+                         bc2_sqrt, eps, gscale, P_DT, S_DT, AMSGRAD, False, P_RTNE, S_RTNE)
         if n_blocks * BLOCK < n_here:
             offs = n_blocks * BLOCK + arange
             _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n_here, decay, w1, beta2, w2, step_size,
-                         bc2_sqrt, eps, gscale, P_DT, S_DT, AMSGRAD, MAXIMIZE, True, P_RTNE, S_RTNE)
+                         bc2_sqrt, eps, gscale, P_DT, S_DT, AMSGRAD, True, P_RTNE, S_RTNE)
 
 
 @triton.jit
@@ -194,6 +207,48 @@ def _grad_sumsq_kernel(work_ptr, meta_ptr, out_ptr, G_DT: tl.constexpr, ALIGNED:
     tl.store(out_ptr + pid, tl.sum(acc, axis=0))
 
 
+# Runtime arguments of the kernels and their Triton types (the compile check checks them against the kernels).
+_STEP_SIGNATURE = {
+    **{k: "*i64" for k in ("work_ptr", "meta_ptr")}, "counter_ptr": "*i32",
+    **{k: "*fp32" for k in ("lr_ptr", "wd_ptr", "step_ptr", "scale_ptr", "found_inf_ptr", "sumsq_ptr")},
+    **{k: "fp32" for k in ("max_grad_norm", "w1", "beta2", "w2", "log_beta1", "log_beta2", "eps", "gsign")},
+    **{k: "i32" for k in ("has_scale", "has_inf", "has_clip")},
+}
+_SUMSQ_SIGNATURE = {"work_ptr": "*i64", "meta_ptr": "*i64", "out_ptr": "*fp32"}
+
+
+def _step_constexprs(param_dtype: torch.dtype, state_dtype: torch.dtype, amsgrad: bool, aligned: bool,
+                     interpreted: bool) -> tuple[dict, int]:
+    """(constexprs, num_warps) of one ``_adamw_kernel`` launch: the wrapper and launch_variants both call this."""
+    block, warps = launch_config(interpreted)
+    rtne = interpreted  # the interpreter truncates fp32 -> bf16; round by hand there
+    return dict(P_DT=_TL_DTYPES[param_dtype], S_DT=_TL_DTYPES[state_dtype], AMSGRAD=bool(amsgrad),
+                ALIGNED=bool(aligned), META_COLS=wt.META_COLS, CHUNK=CHUNK, BLOCK=block,
+                P_RTNE=rtne and param_dtype == torch.bfloat16, S_RTNE=rtne and state_dtype == torch.bfloat16), warps
+
+
+def _sumsq_constexprs(grad_dtype: torch.dtype, aligned: bool, chunk: int, interpreted: bool) -> tuple[dict, int]:
+    """(constexprs, num_warps) of one ``_grad_sumsq_kernel`` launch."""
+    block, warps = launch_config(interpreted)
+    return dict(G_DT=_TL_DTYPES[grad_dtype], ALIGNED=bool(aligned), META_COLS=wt.META_COLS, CHUNK=chunk,
+                BLOCK=block), warps
+
+
+def launch_variants(interpreted: bool = False) -> list[Variant]:
+    """Every compilation the wrappers can launch (see llr_kernels/kernel_variants.py)."""
+    out = []
+    for pdt, sdt, amsgrad, aligned in itertools.product(PARAM_DTYPES, STATE_DTYPES, (False, True), (False, True)):
+        ce, warps = _step_constexprs(pdt, sdt, amsgrad, aligned, interpreted)
+        out.append(Variant(_adamw_kernel, _STEP_SIGNATURE, ce, warps))
+    for gdt, aligned in itertools.product(PARAM_DTYPES, (False, True)):
+        ce, warps = _sumsq_constexprs(gdt, aligned, CHUNK, interpreted)
+        out.append(Variant(_grad_sumsq_kernel, _SUMSQ_SIGNATURE, ce, warps))
+    return out
+
+
+JIT_HELPERS = (_one_minus_pow, _cast_out, _adamw_block)
+
+
 def grad_sumsq(plan: wt.Plan, chunk: int = CHUNK) -> Tensor:
     """Sum of squared raw gradients over every tensor of the plan, as a float32 (1,) device tensor."""
     dev = plan.buckets[0].work.device
@@ -201,9 +256,8 @@ def grad_sumsq(plan: wt.Plan, chunk: int = CHUNK) -> Tensor:
         plan.partials = torch.empty(max(plan.total_work, 1), dtype=torch.float32, device=dev)
     for b in plan.buckets:
         out = plan.partials[b.work_offset: b.work_offset + b.num_work]
-        _grad_sumsq_kernel[(b.num_work,)](b.work, b.meta, out, G_DT=_TL_DTYPES[b.grad_dtype], ALIGNED=b.aligned,
-                                          META_COLS=wt.META_COLS,
-                                          CHUNK=chunk, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        ce, warps = _sumsq_constexprs(b.grad_dtype, b.aligned, chunk, _INTERPRETED)
+        _grad_sumsq_kernel[(b.num_work,)](b.work, b.meta, out, **ce, num_warps=warps)
     return plan.partials[: plan.total_work].sum(dtype=torch.float32).reshape(1)
 
 
@@ -241,28 +295,28 @@ def adamw_step_triton(
     if not 0.0 < beta1 < 1.0 or not 0.0 < beta2 < 1.0:
         raise ValueError(f"betas must lie in (0, 1), got ({beta1}, {beta2})")
 
-    if any(p.dtype == torch.float64 for p in params):
-        return _with_fp64_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps,
-                                   beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
-                                   inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm)
+    if not all(_kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)):
+        return _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps,
+                                    beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
+                                    inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm)
+    # the kernel reads these as fp32 scalars (one compiled variant); GradScaler already makes them fp32
+    inv_scale = None if inv_scale is None else inv_scale.to(torch.float32)
+    found_inf = None if found_inf is None else found_inf.to(torch.float32)
 
     plan = wt.get_plan(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad, CHUNK)
     dummy = lrs  # never read when the matching flag is off
     sumsq = grad_sumsq(plan) if max_grad_norm is not None else None
     for b in plan.buckets:
+        ce, warps = _step_constexprs(b.param_dtype, b.state_dtype, amsgrad, b.aligned, _INTERPRETED)
         _adamw_kernel[(b.num_work,)](
             b.work, b.meta, b.counters, lrs, weight_decays, steps,
             inv_scale if inv_scale is not None else dummy,
             found_inf if found_inf is not None else dummy,
             sumsq if sumsq is not None else dummy,
             float(max_grad_norm) if max_grad_norm is not None else 0.0,
-            1.0 - beta1, beta2, 1.0 - beta2, math.log(beta1), math.log(beta2), eps,
-            P_DT=_TL_DTYPES[b.param_dtype], G_DT=_TL_DTYPES[b.grad_dtype], S_DT=_TL_DTYPES[b.state_dtype],
-            AMSGRAD=amsgrad, MAXIMIZE=maximize, HAS_SCALE=inv_scale is not None, HAS_INF=found_inf is not None,
-            HAS_CLIP=sumsq is not None, ALIGNED=b.aligned, META_COLS=wt.META_COLS, CHUNK=CHUNK, BLOCK=BLOCK,
-            P_RTNE=_INTERPRETED and b.param_dtype == torch.bfloat16,
-            S_RTNE=_INTERPRETED and b.state_dtype == torch.bfloat16,
-            num_warps=NUM_WARPS,
+            1.0 - beta1, beta2, 1.0 - beta2, math.log(beta1), math.log(beta2), eps, -1.0 if maximize else 1.0,
+            int(inv_scale is not None), int(found_inf is not None), int(sumsq is not None),
+            **ce, num_warps=warps,
         )
     if sumsq is None:
         return None
@@ -270,11 +324,18 @@ def adamw_step_triton(
     return norm * inv_scale.reshape(()).float() if inv_scale is not None else norm
 
 
-def _with_fp64_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *,
-                        max_grad_norm, inv_scale, found_inf, **kw) -> Tensor | None:
-    """fp64 tensors go through the torch reference; the rest through the kernel, with one shared clip factor."""
-    idx64 = [i for i, p in enumerate(params) if p.dtype == torch.float64]
-    idx = [i for i, p in enumerate(params) if p.dtype != torch.float64]
+def _kernel_supports(p: Tensor, g: Tensor, m: Tensor) -> bool:
+    """True when the kernel has a compiled variant for this tensor's dtypes (see PARAM_DTYPES, STATE_DTYPES)."""
+    return p.dtype in PARAM_DTYPES and g.dtype == p.dtype and m.dtype in STATE_DTYPES
+
+
+def _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *,
+                         max_grad_norm, inv_scale, found_inf, **kw) -> Tensor | None:
+    """Tensors the kernel has no variant for (fp64, or grads/state of other dtypes) go through the torch
+    reference; the rest through the kernel, with one shared clip factor."""
+    ok = [_kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)]
+    idx_ref = [i for i in range(len(params)) if not ok[i]]
+    idx = [i for i in range(len(params)) if ok[i]]
     norm = None
     scale = inv_scale
     if max_grad_norm is not None:
@@ -288,7 +349,7 @@ def _with_fp64_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, l
     def pick(xs, ids):
         return None if xs is None else [xs[i] for i in ids]
 
-    for ids, fn in ((idx64, adamw_step_torch), (idx, adamw_step_triton)):
+    for ids, fn in ((idx_ref, adamw_step_torch), (idx, adamw_step_triton)):
         if not ids:
             continue
         sel = torch.tensor(ids, device=lrs.device)

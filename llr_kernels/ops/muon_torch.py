@@ -37,6 +37,12 @@ def muon_momentum_torch(
     """buf = lerp(buf, g, 1 - mu); updates[i] <- (lerp(g, buf, mu) if nesterov else buf), cast to its dtype."""
     _check_lengths("muon_momentum", len(grads), momentum_buffers, updates)
     for g, buf, out in zip(grads, momentum_buffers, updates):
+        if buf.dtype in (torch.bfloat16, torch.float16):  # low-precision state: fp32 math, one rounding on store
+            g32, b32 = g.float(), buf.float()
+            buf.copy_(b32.lerp_(g32, 1 - momentum))
+            stored = buf.float()  # Nesterov reads the stored (rounded) buffer, as the fused kernels do
+            out.copy_(g32.lerp(stored, momentum) if nesterov else stored)
+            continue
         g_b = g if g.dtype == buf.dtype else g.to(buf.dtype)
         buf.lerp_(g_b, 1 - momentum)
         out.copy_(g_b.lerp(buf, momentum) if nesterov else buf)

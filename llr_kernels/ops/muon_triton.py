@@ -7,9 +7,12 @@ two small device tables, cached by the tensors' addresses and sizes so steady-st
 * ``work`` (int64, W x 2): one row per chunk of CHUNK elements: (matrix, first element).
 
 Program w processes chunk w, so the launch is balanced across matrices of different sizes. Math in fp32;
-params, grads and buffers may be fp32 / bf16 / fp16 / fp64 (one launch per dtype combination). The per-matrix
-decay (1 - lr*wd) and step size (lr * shape adjustment) are read from device buffers, so changing LRs
-every step (scheduler, LLR multipliers) costs no recompilation and no host sync.
+params and grads may be fp32 / bf16 / fp16, momentum buffers fp32 / bf16, updates (the Newton-Schulz
+buffers) bf16 / fp16 / fp32 (and fp64 as a momentum output, which stores the fp32 result exactly): one launch
+per dtype combination. Other combinations (any fp64 math) go through the torch reference, which computes in
+fp64. The per-matrix decay (1 - lr*wd) and step size (lr * shape adjustment) are read from device buffers,
+so changing LRs every step (scheduler, LLR multipliers) costs no recompilation and no host sync.
+``launch_variants`` lists every compilation the wrappers can launch, from the same tables.
 """
 from __future__ import annotations
 
@@ -21,11 +24,19 @@ import triton.language as tl
 from torch import Tensor
 
 from ..dispatch import triton_interpreted
+from ..kernel_variants import Variant
+from .muon_torch import muon_apply_torch, muon_momentum_torch
 
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float64: tl.float64}
+# The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles).
+PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # params and grads
+BUFFER_DTYPES = (torch.float32, torch.bfloat16)  # momentum buffers
+UPDATE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)  # Newton-Schulz buffers
+MOMENTUM_OUT_DTYPES = UPDATE_DTYPES + (torch.float64,)  # an fp32 result is exact in fp64
 BLOCK = 1024
 UNROLL = 4
 CHUNK = BLOCK * UNROLL
+NUM_WARPS = 4
 _CACHE_SIZE = 32
 _cache: "OrderedDict[tuple, tuple[Tensor, Tensor]]" = OrderedDict()
 
@@ -55,12 +66,13 @@ def _cast(x, T: tl.constexpr, MANUAL_RTNE: tl.constexpr):
         return x.to(T)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["nesterov"])
 def _muon_momentum_kernel(
-    work_ptr, meta_ptr, mu, one_minus_mu,
+    work_ptr, meta_ptr, mu, one_minus_mu, nesterov,
     G_T: tl.constexpr, M_T: tl.constexpr, U_T: tl.constexpr,
-    NESTEROV: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr, RTNE: tl.constexpr,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr, RTNE: tl.constexpr,
 ):
+    # nesterov: a runtime 0/1 (a uniform branch; as a constexpr it would double the compiled variants)
     w = tl.program_id(0)
     t = tl.load(work_ptr + 2 * w)
     start = tl.load(work_ptr + 2 * w + 1)
@@ -77,10 +89,9 @@ def _muon_momentum_kernel(
         m = _lerp(m, g, one_minus_mu)
         m_st = _cast(m, M_T, RTNE)
         tl.store(m_ptr + offs, m_st, mask=mask)
-        if NESTEROV:
-            u = _lerp(g, m_st.to(tl.float32), mu)
-        else:
-            u = m_st.to(tl.float32)
+        u = m_st.to(tl.float32)
+        if nesterov != 0:
+            u = _lerp(g, u, mu)
         tl.store(u_ptr + offs, _cast(u, U_T, RTNE), mask=mask)
 
 
@@ -106,6 +117,40 @@ def _muon_apply_kernel(
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         p = tl.fma(u, tl.zeros_like(u) - step, p * decay)  # as torch: p.mul_(decay).add_(u, alpha=-step)
         tl.store(p_ptr + offs, _cast(p, P_T, RTNE), mask=mask)
+
+
+_MOMENTUM_SIGNATURE = {"work_ptr": "*i64", "meta_ptr": "*i64", "mu": "fp32", "one_minus_mu": "fp32", "nesterov": "i32"}
+_APPLY_SIGNATURE = {"work_ptr": "*i64", "meta_ptr": "*i64", "decay_ptr": "*fp32", "step_ptr": "*fp32"}
+
+
+def _momentum_constexprs(gd: torch.dtype, md: torch.dtype, ud: torch.dtype, interpreted: bool) -> dict:
+    """Constexprs of one ``_muon_momentum_kernel`` launch: the wrapper and launch_variants both call this."""
+    return dict(G_T=_TL[gd], M_T=_TL[md], U_T=_TL[ud], BLOCK=BLOCK, UNROLL=UNROLL, RTNE=interpreted)
+
+
+def _apply_constexprs(pd: torch.dtype, ud: torch.dtype, interpreted: bool) -> dict:
+    """Constexprs of one ``_muon_apply_kernel`` launch."""
+    return dict(P_T=_TL[pd], U_T=_TL[ud], BLOCK=BLOCK, UNROLL=UNROLL, RTNE=interpreted)
+
+
+def _momentum_supported(gd: torch.dtype, md: torch.dtype, ud: torch.dtype) -> bool:
+    return gd in PARAM_DTYPES and md in BUFFER_DTYPES and ud in MOMENTUM_OUT_DTYPES
+
+
+def _apply_supported(pd: torch.dtype, ud: torch.dtype) -> bool:
+    return pd in PARAM_DTYPES and ud in UPDATE_DTYPES
+
+
+def launch_variants(interpreted: bool = False) -> list[Variant]:
+    """Every compilation the wrappers can launch (see llr_kernels/kernel_variants.py)."""
+    out = [Variant(_muon_momentum_kernel, _MOMENTUM_SIGNATURE, _momentum_constexprs(gd, md, ud, interpreted), NUM_WARPS)
+           for gd in PARAM_DTYPES for md in BUFFER_DTYPES for ud in MOMENTUM_OUT_DTYPES]
+    out += [Variant(_muon_apply_kernel, _APPLY_SIGNATURE, _apply_constexprs(pd, ud, interpreted), NUM_WARPS)
+            for pd in PARAM_DTYPES for ud in UPDATE_DTYPES]
+    return out
+
+
+JIT_HELPERS = (_lerp, _cast)
 
 
 def _check(name: str, tensors: list[list[Tensor]], n: int) -> torch.device:
@@ -171,12 +216,17 @@ def muon_momentum_triton(
     if n == 0:
         return
     device = _check("muon_momentum", [grads, momentum_buffers, updates], n)
+    interpreted = triton_interpreted()
     for (gd, md, ud), idx in _split_by_dtype(grads, momentum_buffers, updates).items():
+        if not _momentum_supported(gd, md, ud):  # fp64 math: the torch reference
+            muon_momentum_torch([grads[i] for i in idx], [momentum_buffers[i] for i in idx],
+                                [updates[i] for i in idx], momentum=momentum, nesterov=nesterov)
+            continue
         cols = [[grads[i] for i in idx], [momentum_buffers[i] for i in idx], [updates[i] for i in idx]]
         work, meta = _tables("momentum", cols, None, device)
         _muon_momentum_kernel[(work.shape[0],)](
-            work, meta, float(momentum), 1.0 - float(momentum), _TL[gd], _TL[md], _TL[ud], bool(nesterov), BLOCK, UNROLL, triton_interpreted(),
-            num_warps=4,
+            work, meta, float(momentum), 1.0 - float(momentum), int(bool(nesterov)),
+            **_momentum_constexprs(gd, md, ud, interpreted), num_warps=NUM_WARPS,
         )
 
 
@@ -188,11 +238,16 @@ def muon_apply_triton(params: list[Tensor], updates: list[Tensor], decays: Tenso
     device = _check("muon_apply", [params, updates], n)
     if decays.numel() != n or step_sizes.numel() != n:
         raise ValueError("muon_apply: decays and step_sizes must have one entry per matrix")
-    decays = decays.to(device=device, dtype=torch.float32)
-    step_sizes = step_sizes.to(device=device, dtype=torch.float32)
+    decays32 = decays.to(device=device, dtype=torch.float32)
+    steps32 = step_sizes.to(device=device, dtype=torch.float32)
+    interpreted = triton_interpreted()
     for (pd, ud), idx in _split_by_dtype(params, updates).items():
+        if not _apply_supported(pd, ud):  # fp64 math: the torch reference
+            sel = torch.tensor(idx, device=decays.device)
+            muon_apply_torch([params[i] for i in idx], [updates[i] for i in idx], decays[sel], step_sizes[sel])
+            continue
         cols = [[params[i] for i in idx], [updates[i] for i in idx]]
         work, meta = _tables("apply", cols, idx, device)
         _muon_apply_kernel[(work.shape[0],)](
-            work, meta, decays, step_sizes, _TL[pd], _TL[ud], BLOCK, UNROLL, triton_interpreted(), num_warps=4
+            work, meta, decays32, steps32, **_apply_constexprs(pd, ud, interpreted), num_warps=NUM_WARPS
         )

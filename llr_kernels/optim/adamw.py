@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
+from .._checks import check_betas, check_bool, check_real
 from ..dispatch import get_op
 from ..layers import Classifier
 from ..policy import LLRConfig
-from .base import LLROptimizer, clip_all_grads
+from .base import LLROptimizer, check_backend, clip_all_grads
 
 
 @dataclass
@@ -24,6 +25,9 @@ class _Launch:
     weight_decays: torch.Tensor  # (N,) per-tensor weight decay on device
     steps: torch.Tensor  # (N,) per-tensor step counters on device; state[p]["step"] are views of it
     options: dict[str, Any]
+    op: Callable[..., Any] | None = None  # the adamw_step implementation chosen for this launch
+    sharded: bool = False  # DTensor params: local shards are taken at every step
+    state_lists: tuple | None = None  # (exp_avgs, exp_avg_sqs, max_exp_avg_sqs or None), when not sharded
 
 
 def _is_dtensor(t: object) -> bool:
@@ -35,15 +39,30 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if _is_dtensor(t) else t
 
 
-def validate_adamw_args(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    if not lr >= 0.0:
-        raise ValueError(f"lr must be >= 0, got {lr!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-        raise ValueError(f"betas must each lie in [0, 1), got {betas!r}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+def validate_adamw_args(
+    lr: Any, betas: Any, eps: Any, weight_decay: Any, amsgrad: Any = False, maximize: Any = False, *,
+    where: str = "", names: dict[str, str] | None = None,
+) -> None:
+    """Check AdamW hyperparameters (TypeError / ValueError naming the argument); ``where`` prefixes the names
+    (e.g. "param group 2: "), ``names`` renames them (LLRMuon's AdamW part: adamw_lr, adamw_betas, ...)."""
+    n = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay", **(names or {})}
+    check_real(where + n["lr"], lr, 0.0, hint=" (the base learning rate; each layer gets lr x its LLR multiplier)", tensor_ok=True)
+    check_betas(where + n["betas"], betas)
+    check_real(where + n["eps"], eps, 0.0, hint=" (added to the denominator; torch's default is 1e-8)")
+    check_real(where + n["weight_decay"], weight_decay, 0.0, hint=" (decoupled: p *= 1 - lr_layer * weight_decay)")
+    check_bool(where + "amsgrad", amsgrad)
+    check_bool(where + "maximize", maximize)
+
+
+def validate_step_options(max_grad_norm: Any, state_dtype: Any, params: list[torch.Tensor]) -> None:
+    """max_grad_norm and state_dtype, shared by LLRAdamW and LLRMuon."""
+    if max_grad_norm is not None:
+        check_real("max_grad_norm", max_grad_norm, 0.0, lo_open=True, hint=" (or None: no clipping)")
+    if state_dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"state_dtype must be None (float32; float64 for float64 params), torch.float32 or torch.bfloat16, got {state_dtype!r}")
+    if state_dtype is not None and any(p.dtype == torch.float64 for p in params):
+        raise ValueError("state_dtype applies to fp32/bf16/fp16 params, and this optimizer has float64 params (their "
+                         "state is float64); leave state_dtype=None or keep float64 params in another optimizer")
 
 
 class FusedAdamWPart:
@@ -74,14 +93,21 @@ class FusedAdamWPart:
             key = (p.device, p.dtype, st["exp_avg"].dtype, tuple(g["betas"]), g["eps"], g["amsgrad"], g["maximize"])
             buckets.setdefault(key, []).append((gi, p))
         self._launches = []
+        self._lr_cache = None  # the new LR / weight-decay buffers are filled at the next step
         for (_, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
             device = _local(items[0][1]).device
-            backend, _ = get_op("adamw_step", self.backend, device)
+            backend, op = get_op("adamw_step", self.backend, device)
             buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
             params = [p for _, p in items]
-            steps = torch.stack([self.state[p]["step"].to(torch.float32).reshape(()) for p in params]).to(device)
-            for i, p in enumerate(params):
-                self.state[p]["step"] = steps[i]
+            states = [self.state[p] for p in params]
+            steps = torch.stack([st["step"].to(torch.float32).reshape(()) for st in states]).to(device)
+            for i, st in enumerate(states):
+                st["step"] = steps[i]
+            sharded = any(_is_dtensor(p) for p in params)
+            state_lists = None
+            if not sharded:  # the state tensors live as long as the launch (a state load rebuilds it)
+                state_lists = ([st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                               [st["max_exp_avg_sq"] for st in states] if amsgrad else None)
             self._launches.append(
                 _Launch(
                     params=params,
@@ -91,6 +117,9 @@ class FusedAdamWPart:
                     weight_decays=torch.zeros(len(params), dtype=buf_dtype, device=device),
                     steps=steps,
                     options=dict(beta1=betas[0], beta2=betas[1], eps=eps, amsgrad=amsgrad, maximize=maximize),
+                    op=op,
+                    sharded=sharded,
+                    state_lists=state_lists,
                 )
             )
 
@@ -99,43 +128,61 @@ class FusedAdamWPart:
 
     # ----- the step ---------------------------------------------------------------------------------
     def _adamw_step(self, multipliers: torch.Tensor, group_ids: Iterable[int], max_grad_norm: float | None) -> None:
-        """Step the tensors of param groups ``group_ids`` with the fused op; clip their grads if asked."""
-        active = []
+        """Step the tensors of param groups ``group_ids`` with the fused op; clip their grads if asked.
+
+        Per step this only gathers the grads: launches, state lists and the chosen op are cached until the set
+        of stepping tensors changes, and the LR / weight-decay buffers are refilled only when a group's lr or
+        weight_decay or a multiplier changed.
+        """
+        groups = self.param_groups
+        active: list[tuple[int, torch.Tensor]] = []
+        ids: list[int] = []
+        counts: list[tuple[int, int]] = []
         for gi in group_ids:
-            g = self.param_groups[gi]
-            for p in g["params"]:
-                if p.grad is None:
+            n_before = len(ids)
+            for p in groups[gi]["params"]:
+                grad = p.grad
+                if grad is None:
                     continue
-                if p.grad.is_sparse:
+                if grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use dense embeddings")
                 active.append((gi, p))
-        signature = tuple((gi, id(p)) for gi, p in active)
+                ids.append(id(p))
+            counts.append((gi, len(ids) - n_before))
+        signature = (tuple(counts), tuple(ids))
         if signature != self._signature:
             self._build_launches(active)
             self._signature = signature
         if not active:
             return
-        group_lr = torch.tensor([float(g["lr"]) for g in self.param_groups], dtype=torch.float64)
-        group_wd = torch.tensor([float(g["weight_decay"]) for g in self.param_groups], dtype=torch.float64)
-        sharded = any(_is_dtensor(p) for _, p in active)
+        lr_key = (tuple(float(g["lr"]) for g in groups), tuple(float(g["weight_decay"]) for g in groups))
+        cached = getattr(self, "_lr_cache", None)
+        if cached is None or cached[0] != lr_key or not torch.equal(cached[1], multipliers):
+            group_lr = torch.tensor(lr_key[0], dtype=torch.float64)
+            group_wd = torch.tensor(lr_key[1], dtype=torch.float64)
+            for launch in self._launches:
+                launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
+                launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)
+            self._lr_cache = (lr_key, multipliers.clone())
+        sharded = any(launch.sharded for launch in self._launches)
         clip_here = max_grad_norm is not None and len(self._launches) == 1 and not sharded
         if max_grad_norm is not None and not clip_here:
             # several launches or sharded grads: the norm must span all of them (all ranks for DTensors)
             self.last_grad_norm = clip_all_grads([p for _, p in active], max_grad_norm)
         for launch in self._launches:
-            launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
-            launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)
-            _, op = get_op("adamw_step", self.backend, launch.steps.device)
-            states = [self.state[p] for p in launch.params]
-            norm = op(
-                [_local(p) for p in launch.params],
-                [_local(p.grad) for p in launch.params],
-                [_local(st["exp_avg"]) for st in states],
-                [_local(st["exp_avg_sq"]) for st in states],
-                [_local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else None,
-                launch.lrs,
-                launch.weight_decays,
-                launch.steps,
+            if launch.sharded:
+                states = [self.state[p] for p in launch.params]
+                params = [_local(p) for p in launch.params]
+                grads = [_local(p.grad) for p in launch.params]
+                exp_avgs = [_local(st["exp_avg"]) for st in states]
+                exp_avg_sqs = [_local(st["exp_avg_sq"]) for st in states]
+                max_sqs = [_local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else None
+            else:
+                params = launch.params
+                grads = [p.grad for p in params]
+                exp_avgs, exp_avg_sqs, max_sqs = launch.state_lists
+            norm = launch.op(
+                params, grads, exp_avgs, exp_avg_sqs, max_sqs, launch.lrs, launch.weight_decays, launch.steps,
                 max_grad_norm=max_grad_norm if clip_here else None,
                 **launch.options,
             )
@@ -156,6 +203,8 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
     state_dtype: dtype of exp_avg / exp_avg_sq; default float32 (float64 for float64 params).
     backend: "auto" | "triton" | "cpp" | "torch" (see ``llr_kernels.dispatch``).
     hill_method, hill_variant, min_eigs: passed to ``llr_kernels.spectral.hill_alpha``.
+    Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
+    ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     """
 
     def __init__(
@@ -185,19 +234,18 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         hill_variant: str = "paper",
         min_eigs: int = 50,
     ) -> None:
-        validate_adamw_args(lr, betas, eps, weight_decay)
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
-        if state_dtype not in (None, torch.float32, torch.bfloat16, torch.float64):
-            raise ValueError(f"state_dtype must be None, torch.float32 or torch.bfloat16, got {state_dtype!r}")
+        validate_adamw_args(lr, betas, eps, weight_decay, amsgrad, maximize)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
         config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head)
         super().__init__(
             params, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,
         )
-        for g in self.param_groups:
-            validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+        for i, g in enumerate(self.param_groups):
+            validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"], where=f"param group {i}: ")
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        validate_step_options(max_grad_norm, state_dtype, all_params)
+        check_backend("backend", backend, ("adamw_step",), all_params)
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype
         self.last_grad_norm: torch.Tensor | None = None

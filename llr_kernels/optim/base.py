@@ -13,10 +13,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..dispatch import validate_backend
+from .._checks import check_choice, check_int
+from ..dispatch import BACKENDS, has_impl, unavailable_reason
 from ..layers import Classifier, Layer, classify_parameters
 from ..policy import LLRConfig, LLRPolicy
 from ..spectral import hill_alpha
+from ..spectral.hill import METHODS, VARIANTS
 
 
 def _param_name_map(model: nn.Module | None) -> dict[int, str]:
@@ -78,6 +80,40 @@ def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Te
     return full() if callable(full) else norm
 
 
+def check_backend(arg: str, backend: str, ops: tuple[str, ...], params: list[torch.Tensor]) -> None:
+    """Raise ValueError now if an explicit ``backend`` cannot run one of ``ops`` on these params' devices
+    (not installed, no CUDA and no TRITON_INTERPRET=1, extension disabled or not built, no implementation)."""
+    if backend == "auto" or not params:
+        return
+    for op in ops:
+        if not has_impl(op, backend):
+            raise ValueError(f"{arg}={backend!r} has no implementation of {op!r}; use {arg}='auto' or 'torch'")
+    for device in {p.device for p in params}:
+        why = unavailable_reason(backend, device)
+        if why is not None:
+            raise ValueError(f"{arg}={backend!r} cannot run on {device}: {why}; use {arg}='auto' or 'torch'")
+    if backend != "torch":
+        for p in params:
+            if not p.is_contiguous():
+                raise ValueError(
+                    f"{arg}={backend!r} needs contiguous parameters, but one of shape {tuple(p.shape)} is not; "
+                    f"use {arg}='torch', or make the parameter contiguous"
+                )
+
+
+def check_spectral_args(hill_method: Any, hill_variant: Any, min_eigs: Any) -> None:
+    check_choice("hill_method", hill_method, METHODS, hint=" (how alphas are computed; 'auto' picks per matrix)")
+    check_choice("hill_variant", hill_variant, VARIANTS, hint=" ('paper' = Eq. 2, 'reference' = the public code's indices)")
+    check_int("min_eigs", min_eigs, 2, hint=" (matrices with fewer eigenvalues get alpha = NaN; public code: 50)")
+
+
+def check_model_args(model: Any, classify: Any) -> None:
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module (it names the parameters) or None, got {type(model).__name__}")
+    if classify is not None and not callable(classify):
+        raise TypeError(f"classify must be a callable (name, param, module) -> kind or None, got {type(classify).__name__}")
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole matrix of a possibly sharded tensor (FSDP2/DTensor); plain tensors pass through."""
     full = getattr(t, "full_tensor", None)
@@ -101,7 +137,10 @@ class LLROptimizer(torch.optim.Optimizer):
         min_eigs: int = 50,
     ) -> None:
         llr.validate()
-        self.backend = validate_backend(backend)
+        check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.dispatch)")
+        check_spectral_args(hill_method, hill_variant, min_eigs)
+        check_model_args(model, classify)
+        self.backend = backend
         groups, named = _normalize_groups(params, model)
         super().__init__(groups, defaults)
         if model is None and isinstance(params, nn.Module):

@@ -20,14 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..dispatch import get_op, validate_backend
+from .._checks import check_bool, check_choice, check_int, check_real
+from ..dispatch import BACKENDS, get_op, has_impl
 from ..layers import MATRIX_KINDS, Classifier, Layer
 from ..ops.newton_schulz import newton_schulz, resolve_coefficients
 from ..policy import LLRConfig
-from .adamw import FusedAdamWPart, _Launch, validate_adamw_args
-from .base import LLROptimizer, _normalize_groups, classify_named, clip_all_grads
+from .adamw import FusedAdamWPart, _is_dtensor, _Launch, validate_adamw_args, validate_step_options
+from .base import LLROptimizer, _normalize_groups, check_backend, check_model_args, classify_named, clip_all_grads
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
+_ADAMW_NAMES = {"lr": "adamw_lr", "betas": "adamw_betas", "eps": "adamw_eps", "weight_decay": "adamw_weight_decay"}
 
 
 def adjust_lr_ratio(adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
@@ -120,6 +122,10 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     state_dtype: momentum / Adam state dtype; default float32 (float64 for float64 params).
     backend: "auto" | "triton" | "cpp" | "torch" for the elementwise ops (``llr_kernels.dispatch``);
         muon_backend overrides it for the Muon ops only (e.g. "triton" Muon with a "torch" AdamW part).
+    Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
+    ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
+    FSDP2/DTensor parameters in a Muon group raise NotImplementedError (Newton-Schulz needs whole matrices);
+    use LLRAdamW, or LLRMuon under DDP.
     """
 
     def __init__(
@@ -160,17 +166,17 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         hill_variant: str = "paper",
         min_eigs: int = 50,
     ) -> None:
-        adamw_weight_decay = weight_decay if adamw_weight_decay is None else adamw_weight_decay
-        validate_adamw_args(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay)
-        _validate_muon_args(lr, weight_decay, momentum, ns_coefficients, ns_steps, ns_eps, adjust_lr_fn)
-        if grad_alpha_source not in ("grad", "momentum"):
-            raise ValueError(f"grad_alpha_source must be 'grad' or 'momentum', got {grad_alpha_source!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be None or > 0, got {max_grad_norm!r}")
-        if state_dtype not in (None, torch.float32, torch.bfloat16, torch.float64):
-            raise ValueError(f"state_dtype must be None, torch.float32, torch.bfloat16 or torch.float64, got {state_dtype!r}")
+        if adamw_weight_decay is None:
+            adamw_weight_decay = weight_decay
+        _validate_muon_args(lr, weight_decay, momentum, nesterov, ns_coefficients, ns_steps, ns_eps, adjust_lr_fn)
+        validate_adamw_args(adamw_lr, adamw_betas, adamw_eps, adamw_weight_decay, amsgrad, maximize, names=_ADAMW_NAMES)
+        check_choice("grad_alpha_source", grad_alpha_source, ("grad", "momentum"),
+                     hint=" (what gradient-phase alphas of Muon layers are measured on)")
         if ns_dtype not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
-            raise ValueError(f"ns_dtype must be a floating dtype (bfloat16 recommended), got {ns_dtype!r}")
+            raise ValueError(f"ns_dtype must be a floating dtype (torch.bfloat16 recommended), got {ns_dtype!r}")
+        if muon_backend is not None:
+            check_choice("muon_backend", muon_backend, BACKENDS, hint=" or None (= backend)")
+        check_model_args(model, classify)
         if isinstance(params, nn.Module) and model is None:
             model = params
         defaults = dict(
@@ -184,19 +190,39 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,
         )
-        for g in self.param_groups:
+        muon_params, adamw_params = [], []
+        for i, g in enumerate(self.param_groups):
+            where = f"param group {i}: "
             if g["use_muon"]:
-                _validate_muon_args(g["lr"], g["weight_decay"], g["momentum"], g["ns_coefficients"], g["ns_steps"], g["ns_eps"], g["adjust_lr_fn"])
+                _validate_muon_args(g["lr"], g["weight_decay"], g["momentum"], g["nesterov"], g["ns_coefficients"],
+                                    g["ns_steps"], g["ns_eps"], g["adjust_lr_fn"], where=where)
+                check_bool(where + "maximize", g["maximize"])
                 for p in g["params"]:
+                    name = self.layers[self.layer_of(p)].name
                     if p.dim() != 2:
                         raise ValueError(
-                            f"Muon needs 2-D matrices but {self.layers[self.layer_of(p)].name!r} has shape "
-                            f"{tuple(p.shape)}; put it in a group with use_muon=False"
+                            f"Muon needs 2-D matrices but {name!r} has shape {tuple(p.shape)}; put it in a group with use_muon=False"
                         )
+                    if _is_dtensor(p):
+                        raise NotImplementedError(
+                            f"LLRMuon does not support FSDP2/DTensor parameters yet ({name!r} is a DTensor): Newton-Schulz "
+                            "needs whole matrices. Use LLRAdamW, or LLRMuon under DDP"
+                        )
+                muon_params += g["params"]
             else:
-                validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+                validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"], where=where)
+                adamw_params += g["params"]
+        validate_step_options(max_grad_norm, state_dtype, muon_params + adamw_params)
+        if muon_backend is None and backend not in ("auto", "torch") and muon_params and not has_impl("muon_apply", backend):
+            raise ValueError(
+                f"backend={backend!r} has no Muon kernels (muon_momentum, muon_apply); pass muon_backend='torch' or "
+                f"'triton' (backend={backend!r} then steps the AdamW part only), or backend='auto'"
+            )
+        check_backend("backend", backend, ("adamw_step",), adamw_params)
+        check_backend("muon_backend" if muon_backend is not None else "backend", muon_backend or backend,
+                      ("muon_momentum", "muon_apply"), muon_params)
         self.grad_alpha_source = grad_alpha_source
-        self.muon_backend = validate_backend(muon_backend) if muon_backend is not None else None
+        self.muon_backend = muon_backend
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype
         self.ns_dtype = ns_dtype
@@ -228,7 +254,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             g = group_of.get(id(layer.param))
             muon = bool(g is not None and g["use_muon"])
             st["optimizer"] = "muon" if muon else "adamw"
-            st["update_lr"] = st["lr"] * adjust_lr_ratio(g["adjust_lr_fn"], layer.shape) if muon else st["lr"]
+            st["update_lr"] = st["lr"] * adjust_lr_ratio(g["adjust_lr_fn"], layer.logical_shape) if muon else st["lr"]
         return stats
 
     # ----- the Muon plan ----------------------------------------------------------------------------
@@ -274,7 +300,10 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             params=params,
             group_index=torch.tensor([gi for gi, _ in active], dtype=torch.long),
             layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long),
-            ratio=torch.tensor([adjust_lr_ratio(g["adjust_lr_fn"], tuple(p.shape)) for p, g in zip(params, groups)], dtype=torch.float64),
+            ratio=torch.tensor(
+                [adjust_lr_ratio(g["adjust_lr_fn"], self.layers[self.layer_of(p)].logical_shape) for p, g in zip(params, groups)],
+                dtype=torch.float64,
+            ),  # logical (out, in) shapes: Hugging Face Conv1D weights are stored transposed
             buffers=buffers,  # type: ignore[arg-type]
             update_views=update_views,  # type: ignore[arg-type]
             ortho_views=ortho_views,  # type: ignore[arg-type]
@@ -356,17 +385,17 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         self._adamw_step(multipliers, self.adamw_group_ids(), None)
 
 
-def _validate_muon_args(lr: float, weight_decay: float, momentum: float, ns_coefficients: Any, ns_steps: int, ns_eps: float, adjust_lr_fn: str | None) -> None:
-    if not lr >= 0.0:
-        raise ValueError(f"lr (Muon part) must be >= 0, got {lr!r}")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
-    if not ns_eps > 0.0:
-        raise ValueError(f"ns_eps must be > 0, got {ns_eps!r}")
+def _validate_muon_args(lr: Any, weight_decay: Any, momentum: Any, nesterov: Any, ns_coefficients: Any, ns_steps: Any,
+                        ns_eps: Any, adjust_lr_fn: Any, *, where: str = "") -> None:
+    check_real(where + "lr", lr, 0.0, hint=" (the Muon part's base LR; each matrix gets lr x its LLR multiplier)", tensor_ok=True)
+    check_real(where + "weight_decay", weight_decay, 0.0, hint=" (decoupled: p *= 1 - lr_layer * weight_decay)")
+    check_real(where + "momentum", momentum, 0.0, 1.0, hi_open=True, hint=" (Muon's EMA momentum; default 0.95)")
+    check_bool(where + "nesterov", nesterov)
+    check_int(where + "ns_steps", ns_steps, 1, 99, hint=" (Newton-Schulz iterations; default 5)")
+    check_real(where + "ns_eps", ns_eps, 0.0, lo_open=True, hint=" (floor of the Frobenius norm in Newton-Schulz; default 1e-7)")
     resolve_coefficients(ns_coefficients, ns_steps)
-    adjust_lr_ratio(adjust_lr_fn, (1, 1))
+    if adjust_lr_fn is not None:
+        check_choice(where + "adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS, hint=" or None (= 'original')")
 
 
 def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | None, adamw_lr: float, adamw_wd: float) -> list[dict]:

@@ -1,9 +1,13 @@
 """Spectral metrics of weight matrices: Gram/ESD helpers and the PL_Alpha_Hill estimator."""
 from .hill import (
+    DEFAULT_ALPHA_MAX,
     DEFAULT_MIN_EIGS,
+    OK_STATUSES,
     STATUS_FLAT,
     STATUS_NON_FINITE,
     STATUS_OK,
+    STATUS_OK_RANK_DEFICIENT,
+    STATUS_OUT_OF_RANGE,
     STATUS_RANK_DEFICIENT,
     STATUS_TOO_FEW,
     STATUS_ZERO,
@@ -12,14 +16,19 @@ from .hill import (
     gram,
     hill_alpha,
     hill_from_eigenvalues,
+    noise_level,
 )
 
 __all__ = [
+    "DEFAULT_ALPHA_MAX",
     "DEFAULT_MIN_EIGS",
     "HillResult",
+    "OK_STATUSES",
     "STATUS_FLAT",
     "STATUS_NON_FINITE",
     "STATUS_OK",
+    "STATUS_OK_RANK_DEFICIENT",
+    "STATUS_OUT_OF_RANGE",
     "STATUS_RANK_DEFICIENT",
     "STATUS_TOO_FEW",
     "STATUS_ZERO",
@@ -27,4 +36,5 @@ __all__ = [
     "gram",
     "hill_alpha",
     "hill_from_eigenvalues",
+    "noise_level",
 ]

@@ -35,3 +35,45 @@ def tf32_round(x: torch.Tensor) -> torch.Tensor:
     lsb = (b >> 13) & 1
     r = (b + 0x0FFF + lsb) & ~0x1FFF
     return r.view(torch.float32)
+
+
+def gram_eigvalsh_torch(
+    mats: list[torch.Tensor], dtype: torch.dtype, keep_grams: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(eigenvalues (B, n), Grams (B, n, n) or None) of the short-side Grams of equal-n matrices, computed in
+    ``dtype``: a NaN row for a matrix with inf/NaN, a zero row for an all-zero one, and each matrix scaled by
+    a power of two first when its max lies outside the safe range (``hill.scaled``). Reference of the C++ op
+    ``tridiag_cpp.gram_eigvalsh_cpp`` (which spreads the matrices over threads; torch's batched eigvalsh runs
+    them one after another)."""
+    from .hill import STATUS_NON_FINITE, gram, prescale, scaled
+
+    n = min(mats[0].shape) if mats else 0
+    exps = prescale(mats)
+    good = [i for i, e in enumerate(exps) if isinstance(e, int)]
+    eigs = torch.zeros(len(mats), n, dtype=dtype, device=mats[0].device if mats else "cpu")
+    grams = torch.zeros(len(mats), n, n, dtype=dtype, device=eigs.device) if keep_grams else None
+    for i, e in enumerate(exps):
+        if e == STATUS_NON_FINITE:
+            eigs[i] = float("nan")
+    if good:
+        g = torch.stack([gram(scaled(mats[i], exps[i], dtype)) for i in good])
+        eigs[good] = eigvalsh_batch_torch(g, dtype)
+        if grams is not None:
+            grams[good] = g
+    return eigs, grams
+
+
+def eigvalsh_batch_torch(grams: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, n) ascending eigenvalues of (B, n, n) symmetric matrices (lower triangles read) in ``dtype``; a NaN
+    row where the eigensolver fails. Reference of ``tridiag_cpp.eigvalsh_cpp``."""
+    g = grams.to(dtype)
+    try:
+        return torch.linalg.eigvalsh(g)
+    except RuntimeError:  # LAPACK did not converge for some matrix: retry one by one
+        out = torch.full(g.shape[:-1], float("nan"), dtype=dtype, device=g.device)
+        for i in range(g.shape[0]):
+            try:
+                out[i] = torch.linalg.eigvalsh(g[i])
+            except RuntimeError:
+                pass
+        return out

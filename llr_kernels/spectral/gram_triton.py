@@ -19,8 +19,16 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpreted
+from ..kernel_variants import Variant
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+PRECISIONS = ("ieee", "tf32")
+# (block, block_k) -> num_warps: the tile shapes gram_batch_triton accepts. 64 x 32 is the default: on sm_90
+# with 8 warps it needs 97-138 registers (triton 3.6 and 3.9), with 4 warps up to 254 under triton 3.6 (one
+# short of spilling), and 128 x 32 tiles spill at 4 and at 8 warps (scripts/compile_check.py prints the
+# numbers). 32 x 16 keeps the interpreter (CPU tests) fast.
+TILE_CONFIGS = {(64, 32): 8, (32, 16): 4}
+DEFAULT_TILE = (64, 32)
 
 
 @triton.jit
@@ -76,18 +84,41 @@ def _operand(w: torch.Tensor) -> tuple[int, int, int, int]:
     return cols, rows, w.stride(1), w.stride(0)
 
 
+_SIGNATURE = {"tiles_ptr": "*i32", "meta_ptr": "*i64", "out_ptr": "*fp32"}
+
+
+def _constexprs(dtype: torch.dtype, block: int, block_k: int, precision: str, interpreted: bool) -> dict:
+    """Constexprs of one ``_gram_tiles_kernel`` launch: the wrapper and launch_variants both call this."""
+    return dict(ELEM=_TL_DTYPES[dtype], BLOCK=block, BLOCK_K=block_k, PRECISION=precision,
+                UPCAST=dtype == torch.bfloat16 and interpreted)
+
+
+def launch_variants(interpreted: bool = False) -> list[Variant]:
+    """Every compilation gram_batch_triton can launch (see llr_kernels/kernel_variants.py)."""
+    return [Variant(_gram_tiles_kernel, _SIGNATURE, _constexprs(dt, blk, bk, prec, interpreted), warps,
+                    default=(blk, bk) == DEFAULT_TILE)
+            for dt in _TL_DTYPES for (blk, bk), warps in TILE_CONFIGS.items() for prec in PRECISIONS]
+
+
+JIT_HELPERS = ()
+
+
 def gram_batch_triton(
-    mats: list[torch.Tensor], *, precision: str = "ieee", block: int = 64, block_k: int = 32
+    mats: list[torch.Tensor], *, precision: str = "ieee", block: int = DEFAULT_TILE[0], block_k: int = DEFAULT_TILE[1]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Gram A A^T (n x n, n = min dim, fp32) of every 2-D matrix, one launch per input dtype.
 
     Returns (flat fp32 buffer holding all Grams back to back, list of (n_i, n_i) views into it).
     precision: "ieee" (true fp32 products) or "tf32" (tensor-core TF32 on GPU; ignored by the interpreter).
+    block, block_k: output tile and K step, one of ``TILE_CONFIGS``.
     """
     if not mats:
         raise ValueError("gram_batch_triton needs at least one matrix")
-    if precision not in ("ieee", "tf32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    warps = TILE_CONFIGS.get((block, block_k))
+    if warps is None:
+        raise ValueError(f"(block, block_k) must be one of {sorted(TILE_CONFIGS)}, got {(block, block_k)}")
     device = mats[0].device
     sizes, offs, total = [], [], 0
     for w in mats:
@@ -116,8 +147,7 @@ def gram_batch_triton(
         meta_t = torch.tensor(meta, dtype=torch.int64, device=device)
         tiles_t = torch.tensor(tiles, dtype=torch.int32, device=device)
         _gram_tiles_kernel[(len(tiles),)](
-            tiles_t, meta_t, out, ELEM=_TL_DTYPES[dt], BLOCK=block, BLOCK_K=block_k, PRECISION=precision,
-            UPCAST=dt == torch.bfloat16 and triton_interpreted(),
+            tiles_t, meta_t, out, **_constexprs(dt, block, block_k, precision, triton_interpreted()), num_warps=warps
         )
     views = [out[o : o + n * n].view(n, n) for o, n in zip(offs, sizes)]
     return out, views

@@ -1,20 +1,28 @@
-"""Gauss nodes/weights of many Lanczos tridiagonals through the C++/CUDA extension (csrc/spectral*).
+"""Spectral ops through the C++/CUDA extension (csrc/spectral*).
 
-Same contract as ``lanczos.tridiag_eig_torch``: implicit QL rotating only the first eigenvector row,
-O(s^2) per tridiagonal (dense batched eigh is O(s^3) and, on CUDA, one cuSOLVER call per matrix for s > 32).
+- ``tridiag_eig_cpp``: Gauss nodes/weights of many Lanczos tridiagonals. Same contract as
+  ``lanczos.tridiag_eig_torch``: implicit QL rotating only the first eigenvector row, O(s^2) per tridiagonal
+  (dense batched eigh is O(s^3) and, on CUDA, one cuSOLVER call per matrix for s > 32).
+- ``gram_eigvalsh_cpp`` / ``eigvalsh_cpp``: Gram eigenvalues of many equal-n matrices on CPU, one matrix per
+  thread. Same contracts as ``gram_torch.gram_eigvalsh_torch`` / ``gram_torch.eigvalsh_batch_torch``.
 """
 from __future__ import annotations
 
 import torch
 
 
-def tridiag_eig_cpp(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., s) diagonals and (..., s-1) off-diagonals -> ascending nodes and weights, (..., s) each."""
+def _module(device: torch.device):
     from .. import _ext
 
     mod = _ext.load_extension()
     if mod is None:
-        raise RuntimeError(f"backend='cpp' is unavailable: {_ext.unavailable_reason(alpha.device)}")
+        raise RuntimeError(f"backend='cpp' is unavailable: {_ext.unavailable_reason(device)}")
+    return mod
+
+
+def tridiag_eig_cpp(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., s) diagonals and (..., s-1) off-diagonals -> ascending nodes and weights, (..., s) each."""
+    mod = _module(alpha.device)
     lead, s = alpha.shape[:-1], alpha.shape[-1]
     a = alpha.reshape(-1, s)
     b = beta.reshape(-1, max(s - 1, 0))
@@ -23,3 +31,26 @@ def tridiag_eig_cpp(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tens
     else:
         nodes, weights, _ = mod.tridiag_gauss_cpu(a, b)
     return nodes.view(*lead, s), weights.view(*lead, s)
+
+
+def gram_eigvalsh_cpp(
+    mats: list[torch.Tensor], dtype: torch.dtype, keep_grams: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(eigenvalues (B, n), lower-triangle Grams (B, n, n) or None) of equal-n CPU matrices in ``dtype`` (float32 or
+    float64), one matrix per thread; NaN row for inf/NaN input or a failed eigensolver, zero row for zeros."""
+    if mats and mats[0].device.type != "cpu":  # no CUDA kernel of its own: torch's (cuSOLVER) path
+        from .gram_torch import gram_eigvalsh_torch
+
+        return gram_eigvalsh_torch(mats, dtype, keep_grams)
+    eigs, grams = _module(torch.device("cpu")).gram_eigvalsh_cpu(list(mats), dtype, keep_grams)
+    return eigs, (grams if keep_grams else None)
+
+
+def eigvalsh_cpp(grams: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, n) ascending eigenvalues of the lower triangles of (B, n, n) matrices in ``dtype``, one per thread (CPU;
+    on CUDA the torch reference)."""
+    if grams.device.type != "cpu":  # no CUDA kernel of its own: torch's (cuSOLVER) path
+        from .gram_torch import eigvalsh_batch_torch
+
+        return eigvalsh_batch_torch(grams, dtype)
+    return _module(grams.device).eigvalsh_cpu(grams, dtype)

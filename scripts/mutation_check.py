@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Mutation check: do the tests catch small deliberate bugs? (Not part of the default CI run: it is slow.)
+
+Each mutant is one (file, old snippet, new snippet) replacement: an argument ignored, an index off by one, the LR
+map reversed, a state_dict field not restored, a kernel reading another tensor's LR. For every mutant this
+script copies the repository (tracked and untracked, not ignored files) to a scratch directory ONCE, applies the
+mutant there, runs the relevant tests with ``-x`` and a timeout, and restores the file. A mutant is *killed*
+when the tests fail, *survived* when they pass. The checkout itself is never modified.
+
+    python scripts/mutation_check.py                 # every mutant (about an hour on 2 cores)
+    python scripts/mutation_check.py --list          # names, files and test groups
+    python scripts/mutation_check.py -k policy -k hill --timeout 600
+
+Mutants of csrc/ rebuild the C++ extension into a scratch cache (minutes each); the others run with
+LLR_DISABLE_EXT=1 unless they target the C++ backend's Python side (then the normal cache is reused).
+A snippet that no longer occurs exactly once in its file is reported as "stale": update the list.
+Exit status: 0 if every (non-stale) mutant was killed, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Test groups, fastest-to-fail first (pytest stops at the first failure).
+TESTS = {
+    "policy": ["tests/test_policy.py", "tests/test_llr_adamw.py"],
+    "optim": ["tests/test_optim_table.py", "tests/test_llr_adamw.py", "tests/test_muon.py"],
+    "adamw": ["tests/test_optim_table.py", "tests/test_llr_adamw.py"],
+    "muon": ["tests/test_muon.py", "tests/test_optim_table.py"],
+    "state": ["tests/test_llr_adamw.py", "tests/test_muon.py", "tests/test_policy.py"],
+    "hill": ["tests/test_llr_adamw.py", "tests/test_hill.py"],
+    "adamw_kernel": ["tests/test_adamw_kernels.py", "tests/test_optim_table.py"],
+    "muon_kernel": ["tests/test_muon.py", "tests/test_optim_table.py"],
+}
+
+
+@dataclass
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: str  # a key of TESTS
+    ext: str = "off"  # "off": LLR_DISABLE_EXT=1; "on": the normal extension cache; "rebuild": csrc mutant
+
+
+ADAMW, MUON, BASE, POLICY = "llr_kernels/optim/adamw.py", "llr_kernels/optim/muon.py", "llr_kernels/optim/base.py", "llr_kernels/policy.py"
+HILL = "llr_kernels/spectral/hill.py"  # hill_params: Eq. 2's indices for every spectral path
+PAPER = "        return n - k - 1, n - k, k, (n - k - 0.5) / n"
+REFERENCE = "    return i, i, n - i, (i + 0.5) / n"
+CONFIG = "config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head)"
+
+
+def _config_mutants(prefix: str, file: str, tests: str) -> list[Mutant]:
+    """Each LLR policy argument replaced by its default in one optimizer's constructor."""
+    defaults = {"s": "3.0", "interval": "500", "total_steps": "None", "grad_phase": "0.05", "active_until": "1.0",
+                "ramp_steps": "0", "pin_embedding": "True", "pin_lm_head": "False"}
+    fields = list(defaults)
+    out = []
+    for i, f in enumerate(fields):
+        args = ", ".join(defaults[g] if g == f else g for g in fields)
+        out.append(Mutant(f"{prefix}-ignores-{f}", file, CONFIG, f"config = LLRConfig({args})", tests))
+    return out
+
+
+MUTANTS: list[Mutant] = [
+    # ----- LLRAdamW's arguments (each ignored: replaced by its default) ----------------------------
+    Mutant("adamw-ignores-lr", ADAMW, "defaults = dict(lr=lr, betas=", "defaults = dict(lr=1e-3, betas=", "adamw"),
+    Mutant("adamw-ignores-betas", ADAMW, "betas=tuple(betas), eps=eps,", "betas=(0.9, 0.999), eps=eps,", "adamw"),
+    Mutant("adamw-ignores-eps", ADAMW, "betas=tuple(betas), eps=eps,", "betas=tuple(betas), eps=1e-8,", "adamw"),
+    Mutant("adamw-ignores-weight_decay", ADAMW, "eps=eps, weight_decay=weight_decay, amsgrad", "eps=eps, weight_decay=1e-2, amsgrad", "adamw"),
+    Mutant("adamw-ignores-amsgrad", ADAMW, "weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)",
+           "weight_decay=weight_decay, amsgrad=False, maximize=maximize)", "adamw"),
+    Mutant("adamw-ignores-maximize", ADAMW, "weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)",
+           "weight_decay=weight_decay, amsgrad=amsgrad, maximize=False)", "adamw"),
+    *_config_mutants("adamw", ADAMW, "adamw"),
+    Mutant("adamw-ignores-max_grad_norm", ADAMW, "        self.max_grad_norm = max_grad_norm", "        self.max_grad_norm = None", "adamw"),
+    Mutant("adamw-ignores-state_dtype", ADAMW, "        self.state_dtype = state_dtype", "        self.state_dtype = None", "adamw"),
+    Mutant("adamw-ignores-backend", ADAMW, "params, defaults, llr=config, model=model, classify=classify, backend=backend,",
+           "params, defaults, llr=config, model=model, classify=classify, backend=\"auto\",", "adamw"),
+    Mutant("adamw-ignores-model", ADAMW, "params, defaults, llr=config, model=model, classify=classify, backend=backend,",
+           "params, defaults, llr=config, model=None, classify=classify, backend=backend,", "adamw"),
+    Mutant("adamw-ignores-classify", ADAMW, "params, defaults, llr=config, model=model, classify=classify, backend=backend,",
+           "params, defaults, llr=config, model=model, classify=None, backend=backend,", "adamw"),
+    Mutant("adamw-ignores-hill_method", ADAMW, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
+           "            hill_method=\"auto\", hill_variant=hill_variant, min_eigs=min_eigs,", "adamw"),
+    Mutant("adamw-ignores-hill_variant", ADAMW, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
+           "            hill_method=hill_method, hill_variant=\"paper\", min_eigs=min_eigs,", "adamw"),
+    Mutant("adamw-ignores-min_eigs", ADAMW, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
+           "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=50,", "adamw"),
+    Mutant("adamw-state-ignores-state_dtype", ADAMW, "sdt = self.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)",
+           "sdt = torch.float64 if p.dtype == torch.float64 else torch.float32", "adamw"),
+    Mutant("adamw-lr-without-multiplier", ADAMW, "group_lr[launch.group_index] * multipliers[launch.layer_index]",
+           "group_lr[launch.group_index] * 1.0", "adamw"),
+    Mutant("adamw-group-wd-of-group-0", ADAMW, "launch.weight_decays.copy_(group_wd[launch.group_index]",
+           "launch.weight_decays.copy_(group_wd[launch.group_index * 0]", "adamw"),
+    # ----- LLRMuon's arguments ----------------------------------------------------------------------
+    Mutant("muon-ignores-lr", MUON, "            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,",
+           "            lr=1e-2, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,", "optim"),
+    Mutant("muon-ignores-weight_decay", MUON, "            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,",
+           "            lr=lr, weight_decay=0.1, momentum=momentum, nesterov=nesterov,", "optim"),
+    Mutant("muon-ignores-momentum", MUON, "            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,",
+           "            lr=lr, weight_decay=weight_decay, momentum=0.95, nesterov=nesterov,", "optim"),
+    Mutant("muon-ignores-nesterov", MUON, "            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,",
+           "            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True,", "optim"),
+    Mutant("muon-ignores-ns_coefficients", MUON, "ns_coefficients=ns_coefficients, ns_steps=ns_steps,", "ns_coefficients=\"quintic\", ns_steps=ns_steps,", "optim"),
+    Mutant("muon-ignores-ns_steps", MUON, "ns_coefficients=ns_coefficients, ns_steps=ns_steps,", "ns_coefficients=ns_coefficients, ns_steps=5,", "optim"),
+    Mutant("muon-ignores-ns_eps", MUON, "ns_eps=ns_eps, adjust_lr_fn=adjust_lr_fn,", "ns_eps=1e-7, adjust_lr_fn=adjust_lr_fn,", "optim"),
+    Mutant("muon-ignores-adjust_lr_fn", MUON, "ns_eps=ns_eps, adjust_lr_fn=adjust_lr_fn,", "ns_eps=ns_eps, adjust_lr_fn=\"original\",", "optim"),
+    Mutant("muon-ignores-adamw_betas", MUON, "betas=tuple(adamw_betas), eps=adamw_eps,", "betas=(0.9, 0.999), eps=adamw_eps,", "optim"),
+    Mutant("muon-ignores-adamw_eps", MUON, "betas=tuple(adamw_betas), eps=adamw_eps,", "betas=tuple(adamw_betas), eps=1e-8,", "optim"),
+    Mutant("muon-ignores-amsgrad", MUON, "eps=adamw_eps, amsgrad=amsgrad, maximize=maximize,", "eps=adamw_eps, amsgrad=False, maximize=maximize,", "optim"),
+    Mutant("muon-ignores-maximize", MUON, "eps=adamw_eps, amsgrad=amsgrad, maximize=maximize,", "eps=adamw_eps, amsgrad=amsgrad, maximize=False,", "optim"),
+    Mutant("muon-step-ignores-maximize", MUON, "            if self.param_groups[gi][\"maximize\"]:", "            if False:", "optim"),
+    Mutant("muon-ignores-adamw_lr", MUON, "_split_groups(params, model, classify, adamw_lr, adamw_weight_decay)",
+           "_split_groups(params, model, classify, 1e-3, adamw_weight_decay)", "optim"),
+    Mutant("muon-ignores-adamw_weight_decay", MUON, "_split_groups(params, model, classify, adamw_lr, adamw_weight_decay)",
+           "_split_groups(params, model, classify, adamw_lr, weight_decay)", "optim"),
+    Mutant("muon-adamw_weight_decay-default-zero", MUON, "            adamw_weight_decay = weight_decay\n", "            adamw_weight_decay = 0.0\n", "optim"),
+    *_config_mutants("muon", MUON, "optim"),
+    Mutant("muon-ignores-grad_alpha_source", MUON, "        self.grad_alpha_source = grad_alpha_source", "        self.grad_alpha_source = \"grad\"", "optim"),
+    Mutant("muon-ignores-muon_backend", MUON, "        self.muon_backend = muon_backend", "        self.muon_backend = None", "optim"),
+    Mutant("muon-ignores-max_grad_norm", MUON, "        self.max_grad_norm = max_grad_norm", "        self.max_grad_norm = None", "optim"),
+    Mutant("muon-ignores-state_dtype", MUON, "sdt = self.state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)",
+           "sdt = torch.float64 if dtype == torch.float64 else torch.float32", "optim"),
+    Mutant("muon-ignores-ns_dtype", MUON, "        self.ns_dtype = ns_dtype", "        self.ns_dtype = torch.bfloat16", "optim"),
+    Mutant("muon-ignores-backend", MUON, "groups, defaults, llr=config, model=model, classify=classify, backend=backend,",
+           "groups, defaults, llr=config, model=model, classify=classify, backend=\"auto\",", "optim"),
+    Mutant("muon-ignores-classify", MUON, "groups, defaults, llr=config, model=model, classify=classify, backend=backend,",
+           "groups, defaults, llr=config, model=model, classify=None, backend=backend,", "optim"),
+    Mutant("muon-ignores-hill_variant", MUON, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
+           "            hill_method=hill_method, hill_variant=\"paper\", min_eigs=min_eigs,", "optim"),
+    Mutant("muon-ignores-min_eigs", MUON, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
+           "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=50,", "optim"),
+    Mutant("muon-lr-without-multiplier", MUON, "lr = group_lr[plan.group_index] * multipliers[plan.layer_index]",
+           "lr = group_lr[plan.group_index] * 1.0", "optim"),
+    Mutant("muon-decay-without-multiplier", MUON, "decay = 1.0 - lr * group_wd[plan.group_index]",
+           "decay = 1.0 - group_lr[plan.group_index] * group_wd[plan.group_index]", "optim"),
+    Mutant("muon-step-without-shape-ratio", MUON, "step = lr * plan.ratio", "step = lr * 1.0", "optim"),
+    Mutant("muon-clip-ignored", MUON, "self.last_grad_norm = clip_all_grads(params, self.max_grad_norm)",
+           "self.last_grad_norm = torch.zeros(())", "optim"),
+    # ----- shared LLR logic (base) --------------------------------------------------------------------
+    Mutant("base-ignores-hill_method", BASE, "self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs",
+           "self.hill_method, self.hill_variant, self.min_eigs = \"exact\", hill_variant, min_eigs", "optim"),
+    Mutant("base-pin-embedding-ignored", BASE, "(l.kind == \"embedding\" and llr.pin_embedding)", "(l.kind == \"embedding\" and False)", "optim"),
+    Mutant("base-pin-lm-head-always", BASE, "(l.kind == \"lm_head\" and llr.pin_lm_head)", "(l.kind == \"lm_head\")", "optim"),
+    Mutant("base-measures-after-the-step", BASE, "self._step_params(self.llr.multipliers(self.llr_step))",
+           "self._step_params(self.llr.multipliers(self.llr_step - 1))", "optim"),
+    # ----- the LR map (Eq. 3), NaN handling -----------------------------------------------------------
+    Mutant("map-direction-reversed", POLICY, "out[usable] = (a[usable] - lo) / span * (s - 1.0) + 1.0",
+           "out[usable] = (hi - a[usable]) / span * (s - 1.0) + 1.0", "policy"),
+    Mutant("map-range-to-s-plus-1", POLICY, "out[usable] = (a[usable] - lo) / span * (s - 1.0) + 1.0",
+           "out[usable] = (a[usable] - lo) / span * s + 1.0", "policy"),
+    Mutant("map-pinned-at-1", POLICY, "    out[pin] = s\n", "    out[pin] = 1.0\n", "policy"),
+    Mutant("map-nan-resets-to-1", POLICY, "    out = prev.clone()\n", "    out = torch.ones_like(prev)\n", "policy"),
+    Mutant("map-inf-sets-the-range", POLICY, "usable = torch.isfinite(a) & ~pin", "usable = ~torch.isnan(a) & ~pin", "policy"),
+    Mutant("map-degenerate-gives-s", POLICY, "            out[usable] = 1.0\n", "            out[usable] = s\n", "policy"),
+    Mutant("map-previous-ignored", POLICY, "pinned=self.pinned, previous=self.target)", "pinned=self.pinned, previous=None)", "policy"),
+    # ----- the schedule (Algorithm 1): phases, freeze, ramp --------------------------------------------
+    Mutant("phase-grad-boundary", POLICY, "return \"grad\" if t / c.total_steps <= c.grad_phase else \"weight\"",
+           "return \"grad\" if t / c.total_steps < c.grad_phase else \"weight\"", "policy"),
+    Mutant("phase-grad-when-zero", POLICY, "if c.total_steps is None or c.grad_phase <= 0.0:", "if c.total_steps is None or c.grad_phase < 0.0:", "policy"),
+    Mutant("phase-always-weight", POLICY, "return \"grad\" if t / c.total_steps <= c.grad_phase else \"weight\"", "return \"weight\"", "policy"),
+    Mutant("freeze-boundary", POLICY, "t >= c.active_until * c.total_steps", "t > c.active_until * c.total_steps", "policy"),
+    Mutant("freeze-never", POLICY, "return t % self.config.interval == 0 and not self.frozen(t)", "return t % self.config.interval == 0", "policy"),
+    Mutant("interval-off-by-one", POLICY, "return t % self.config.interval == 0 and not self.frozen(t)",
+           "return (t + 1) % self.config.interval == 0 and not self.frozen(t)", "policy"),
+    Mutant("ramp-off-by-one", POLICY, "frac = min(1.0, (t - self.last_update + 1) / r)", "frac = min(1.0, (t - self.last_update) / r)", "policy"),
+    Mutant("ramp-starts-from-old-target", POLICY, "        self.start = self.multipliers(t)\n", "        self.start = self.target.clone()\n", "policy"),
+    # ----- state_dict restore of every LLR field ----------------------------------------------------------
+    Mutant("load-drops-alphas", POLICY, "self.alphas = state[\"alphas\"].to(torch.float64).clone()", "self.alphas = self.alphas", "state"),
+    Mutant("load-drops-target", POLICY, "self.target = state[\"target\"].to(torch.float64).clone()", "self.target = self.target", "state"),
+    Mutant("load-drops-ramp-start", POLICY, "self.start = state[\"start\"].to(torch.float64).clone()", "self.start = self.start", "state"),
+    Mutant("load-drops-last-update", POLICY, "self.last_update = state[\"last_update\"]", "self.last_update = self.last_update", "state"),
+    Mutant("load-drops-last-source", POLICY, "self.last_source = state[\"last_source\"]", "self.last_source = self.last_source", "state"),
+    Mutant("load-drops-num-updates", POLICY, "self.num_updates = state[\"num_updates\"]", "self.num_updates = self.num_updates", "state"),
+    Mutant("load-drops-step", BASE, "self.llr_step = int(llr[\"step\"])", "self.llr_step = 0", "state"),
+    Mutant("load-drops-hill-status", BASE, "self.hill_status = list(llr[\"hill_status\"])", "self.hill_status = self.hill_status", "state"),
+    Mutant("load-drops-update-seconds", BASE, "self.llr_update_seconds = float(llr[\"update_seconds\"])", "self.llr_update_seconds = 0.0", "state"),
+    Mutant("load-drops-policy", BASE, "        self.llr.load_state_dict(llr[\"policy\"])\n", "", "state"),
+    Mutant("load-casts-state-to-param-dtype", BASE, "        self._restore_state_dtypes(state_dict[\"state\"])\n", "", "state"),
+    Mutant("load-skips-rebuild-hook", BASE, "        self._on_state_loaded()\n", "", "state"),
+    # ----- the Hill estimator's indices (Eq. 2) -----------------------------------------------------------
+    Mutant("hill-k-rounds-up", HILL, "        k = n // 2\n", "        k = (n + 1) // 2\n", "hill"),
+    Mutant("hill-threshold-index", HILL, PAPER, "        return n - k, n - k, k, (n - k - 0.5) / n", "hill"),
+    Mutant("hill-tail-start", HILL, PAPER, "        return n - k - 1, n - k + 1, k, (n - k - 0.5) / n", "hill"),
+    Mutant("hill-numerator", HILL, PAPER, "        return n - k - 1, n - k, k + 1, (n - k - 0.5) / n", "hill"),
+    Mutant("hill-reference-threshold", HILL, REFERENCE, "    return i - 1, i, n - i, (i + 0.5) / n", "hill"),
+    Mutant("hill-reference-tail", HILL, REFERENCE, "    return i, i - 1, n - i, (i + 0.5) / n", "hill"),
+    Mutant("hill-reference-count", HILL, REFERENCE, "    return i, i, n - i - 1, (i + 0.5) / n", "hill"),
+    # ----- AdamW kernels: torch reference, Triton, C++ ------------------------------------------------------
+    Mutant("adamw-torch-lr-of-tensor-0", "llr_kernels/ops/adamw_torch.py", "lr, wd, step = lr_list[i], wd_list[i], step_list[i]",
+           "lr, wd, step = lr_list[0], wd_list[i], step_list[i]", "adamw_kernel"),
+    Mutant("adamw-torch-bias-correction", "llr_kernels/ops/adamw_torch.py", "bias_correction1 = 1 - beta1**step", "bias_correction1 = 1 - beta1**(step + 1)", "adamw_kernel"),
+    Mutant("adamw-torch-amsgrad-max", "llr_kernels/ops/adamw_torch.py", "torch.maximum(vmax32, v32, out=vmax32)", "torch.minimum(vmax32, v32, out=vmax32)", "adamw_kernel"),
+    Mutant("adamw-triton-lr-by-row", "llr_kernels/ops/adamw_triton.py", "lr = tl.load(lr_ptr + gidx)", "lr = tl.load(lr_ptr + t)", "adamw_kernel"),
+    Mutant("adamw-triton-wd-by-row", "llr_kernels/ops/adamw_triton.py", "wd = tl.load(wd_ptr + gidx)", "wd = tl.load(wd_ptr + t)", "adamw_kernel"),
+    Mutant("adamw-triton-step-counter", "llr_kernels/ops/adamw_triton.py", "step = tl.load(step_ptr + gidx) + 1.0", "step = tl.load(step_ptr + gidx) + 2.0", "adamw_kernel"),
+    Mutant("adamw-triton-v-update", "llr_kernels/ops/adamw_triton.py", "v = v * beta2 + w2 * g * g", "v = v * beta2 + w2 * g", "adamw_kernel"),
+    Mutant("adamw-triton-amsgrad-max", "llr_kernels/ops/adamw_triton.py", "vh = tl.maximum(vmax, v)", "vh = tl.minimum(vmax, v)", "adamw_kernel"),
+    Mutant("adamw-cpp-lr-of-tensor-0", "csrc/adamw_cpu.cpp", "const double lr = lr_p[t], wd = wd_p[t], step = step_p[t];",
+           "const double lr = lr_p[0], wd = wd_p[t], step = step_p[t];", "adamw_kernel", ext="rebuild"),
+    Mutant("adamw-cpp-step-counter", "csrc/adamw_cpu.cpp", "step_p[t] += 1.0f;", "step_p[t] += 2.0f;", "adamw_kernel", ext="rebuild"),
+    # ----- Muon kernels -------------------------------------------------------------------------------
+    Mutant("muon-triton-apply-local-index", "llr_kernels/ops/muon_triton.py", "    idx = tl.load(row + 2)\n", "    idx = t\n", "muon_kernel"),
+    Mutant("muon-triton-apply-table-without-index", "llr_kernels/ops/muon_triton.py", "work, meta = _tables(\"apply\", cols, idx, device)",
+           "work, meta = _tables(\"apply\", cols, list(range(len(idx))), device)", "muon_kernel"),
+    Mutant("muon-triton-momentum-weight", "llr_kernels/ops/muon_triton.py", "m = _lerp(m, g, one_minus_mu)", "m = _lerp(m, g, mu)", "muon_kernel"),
+    Mutant("muon-triton-nesterov-order", "llr_kernels/ops/muon_triton.py", "u = _lerp(g, u, mu)", "u = _lerp(u, g, mu)", "muon_kernel"),
+    Mutant("muon-torch-momentum-weight", "llr_kernels/ops/muon_torch.py", "        buf.lerp_(g_b, 1 - momentum)\n", "        buf.lerp_(g_b, momentum)\n", "muon_kernel"),
+    Mutant("muon-torch-apply-sign", "llr_kernels/ops/muon_torch.py", "p32.add_(u, alpha=-s)", "p32.add_(u, alpha=s)", "muon_kernel"),
+]
+
+
+def scratch_copy(dest: str) -> None:
+    """Copy tracked and untracked (not ignored) files of the checkout; never the venv or caches."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = os.path.join(ROOT, rel)
+        if not os.path.isfile(src):
+            continue  # deleted in the work tree
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dest, rel))
+
+
+def run_tests(scratch: str, tests: list[str], ext: str, timeout: float, ext_cache: str) -> tuple[str, float, str]:
+    env = dict(os.environ, PYTHONPATH=scratch, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "1"),
+               PYTHONDONTWRITEBYTECODE="1")
+    env.pop("LLR_REQUIRE_ALL", None)
+    if ext == "off":
+        env["LLR_DISABLE_EXT"] = "1"
+    elif ext == "rebuild":
+        env.pop("LLR_DISABLE_EXT", None)
+        env["LLR_KERNELS_CACHE"] = ext_cache
+        env["LLR_REQUIRE_ALL"] = "1"  # a mutant that breaks the build must not pass by skipping the cpp tests
+    else:
+        env.pop("LLR_DISABLE_EXT", None)
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--no-header", *tests]
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.time() - start, ""
+    tail = (proc.stdout + proc.stderr).strip().splitlines()
+    summary = tail[-1] if tail else ""
+    status = "survived" if proc.returncode == 0 else ("killed" if proc.returncode == 1 else f"error({proc.returncode})")
+    return status, time.time() - start, summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-k", action="append", default=[], help="only mutants whose name contains this (repeatable)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per mutant run (default 900)")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the test groups used")
+    args = ap.parse_args()
+    mutants = [m for m in MUTANTS if not args.k or any(k in m.name for k in args.k)]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:42s} {m.file:36s} {m.tests:13s} ext={m.ext}")
+        return 0
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+    stale = []
+    for m in mutants:
+        with open(os.path.join(ROOT, m.file)) as fh:
+            count = fh.read().count(m.old)
+        if count != 1:
+            stale.append((m, count))
+    live = [m for m in mutants if m not in [s for s, _ in stale]]
+    with tempfile.TemporaryDirectory(prefix="llr_mutation_") as tmp:
+        scratch = os.path.join(tmp, "repo")
+        ext_cache = os.path.join(tmp, "ext_cache")
+        scratch_copy(scratch)
+        probe = subprocess.run([sys.executable, "-c", "import llr_kernels; print(llr_kernels.__file__)"], cwd=scratch,
+                               env=dict(os.environ, PYTHONPATH=scratch), capture_output=True, text=True, check=True)
+        if not probe.stdout.strip().startswith(scratch):
+            print(f"llr_kernels imports from {probe.stdout.strip()}, not the scratch copy; aborting", file=sys.stderr)
+            return 2
+        print(f"scratch copy: {scratch}; {len(live)} mutants, {len(stale)} stale", flush=True)
+        if not args.no_baseline:
+            groups = sorted({t for m in live for t in TESTS[m.tests]})
+            status, secs, summary = run_tests(scratch, groups, "on", args.timeout * 2, ext_cache)
+            print(f"baseline ({len(groups)} files): {status} in {secs:.0f}s  {summary}", flush=True)
+            if status != "survived":
+                print("the unmutated tests must pass first", file=sys.stderr)
+                return 2
+        results = []
+        for m in live:
+            path = os.path.join(scratch, m.file)
+            with open(path) as fh:
+                pristine = fh.read()
+            with open(path, "w") as fh:
+                fh.write(pristine.replace(m.old, m.new, 1))
+            try:
+                status, secs, summary = run_tests(scratch, TESTS[m.tests], m.ext, args.timeout, ext_cache)
+            finally:
+                with open(path, "w") as fh:
+                    fh.write(pristine)
+            results.append((m, status, secs))
+            print(f"{status:10s} {secs:6.0f}s  {m.name:42s} {summary}", flush=True)
+    killed = [r for r in results if r[1] != "survived"]
+    print(f"\nkilled {len(killed)}/{len(results)} ({100 * len(killed) / max(1, len(results)):.0f}%)"
+          + (f"; errors/timeouts count as killed: {sum(r[1] not in ('killed', 'survived') for r in results)}" if killed else ""))
+    for m, status, _ in results:
+        if status == "survived":
+            print(f"SURVIVED: {m.name} ({m.file}: {m.old!r} -> {m.new!r})")
+    for m, count in stale:
+        print(f"STALE: {m.name} ({m.file}: snippet found {count} times)")
+    return 0 if len(killed) == len(results) and not stale else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
