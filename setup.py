@@ -1,16 +1,20 @@
 """Build hook for the optional C++/CUDA extension; all metadata lives in pyproject.toml.
 
-By default nothing is compiled: the extension is built just in time on first use (llr_kernels/_ext.py) and
-cached, so a CPU-only machine or a machine without a compiler installs cleanly. To compile it at install time
-into ``llr_kernels._C`` (every csrc/*.cpp, plus csrc/*.cu when torch has CUDA and nvcc is found):
+The C++/CUDA sources are package data (llr_kernels/csrc/): every wheel and sdist carries them, and by default
+nothing is compiled (a pure ``py3-none-any`` wheel): the extension is built just in time on first use
+(llr_kernels/_ext.py) and cached, so a CPU-only machine or a machine without a compiler installs cleanly. To
+compile it ahead of time into ``llr_kernels._C`` (every csrc/*.cpp, plus csrc/*.cu when torch has CUDA and nvcc
+is found), against the torch installed in this environment:
 
-    LLR_BUILD_EXT=1 pip install --no-build-isolation -e .      # --no-build-isolation: build against YOUR torch
+    LLR_BUILD_EXT=1 pip install --no-build-isolation .                   # or -e . for a checkout
+    LLR_BUILD_EXT=1 pip wheel --no-build-isolation --no-deps . -w dist   # a platform wheel (cp3XX-linux_x86_64)
 
-LLR_BUILD_CUDA=0 skips the .cu sources; TORCH_CUDA_ARCH_LIST picks the GPU architectures (e.g. "9.0"). The module
-records the digest of the sources it was built from; if csrc/ changes afterwards, llr_kernels/_ext.py warns and
-uses a JIT build instead of the stale module (rerun the command above to refresh it).
+(--no-build-isolation: build against YOUR torch; such a wheel only fits that torch version and CUDA flavour,
+as apex and flash-attn wheels do.) LLR_BUILD_CUDA=0 skips the .cu sources; TORCH_CUDA_ARCH_LIST picks the GPU
+architectures (e.g. "9.0"); MAX_JOBS limits parallel compiles. The module records the digest of the sources it
+was built from; if csrc/ changes afterwards, llr_kernels/_ext.py warns and uses a JIT build instead of the stale
+module (rerun the command above to refresh it).
 """
-import glob
 import importlib.util
 import os
 
@@ -30,6 +34,8 @@ if os.environ.get("LLR_BUILD_EXT", "0") == "1":
 
     with_cuda = torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("LLR_BUILD_CUDA", "1") != "0"
     sources = [os.path.relpath(s, ROOT) for s in _ext.sources(with_cuda)]
+    if not sources:
+        raise RuntimeError(f"LLR_BUILD_EXT=1 but no C++ sources under {_ext._CSRC}")
     flags = _ext.build_flags(with_cuda)
     Extension = CUDAExtension if with_cuda else CppExtension
     ext_modules = [

@@ -66,9 +66,11 @@ class ParamSet:
         self.lrs = torch.linspace(1e-4, 3e-4, n, device=device)  # a distinct LR per tensor
         self.wds = torch.full((n,), WD, device=device)
 
-    def bytes_per_step(self) -> int:
+    def bytes_per_step(self, torch_method: bool = False) -> int:
+        """Bytes one step moves. torch.optim.AdamW keeps its moments in the param dtype (bf16 state for bf16
+        params), so its steps move fewer bytes than ours with fp32 state; GB/s counts what each one moves."""
         pe = torch.empty((), dtype=self.dtype).element_size()
-        se = torch.empty((), dtype=self.state_dtype).element_size()
+        se = pe if torch_method else torch.empty((), dtype=self.state_dtype).element_size()
         return self.numel * C.adamw_bytes_per_param(pe, se)
 
 
@@ -207,7 +209,7 @@ def free(device: torch.device) -> None:
 
 def _row(ps: ParamSet, name: str, dname: str) -> dict:
     return dict(model=ps.size, dtype=dname, method=name, params=ps.numel, tensors=len(ps.params),
-                bytes_per_step=ps.bytes_per_step())
+                bytes_per_step=ps.bytes_per_step(torch_method=name.startswith("torch_")))
 
 
 def _prepare(ps: ParamSet, make: Callable, row: dict):
@@ -322,7 +324,8 @@ def markdown(meta: dict, machine: dict, load: dict, results: list[dict]) -> str:
              f"- bandwidth probe (same process and threads): {pr['best_gbps']:.1f} GB/s best of {pr['repeats']} "
              f"(triad a = b + s*c {pr['triad_gbps']:.1f}, in-place axpy {pr['axpy_gbps']:.1f}; "
              f"{pr['working_set_bytes'] / 2**20:.0f} MiB working set, 2 reads + 1 write counted)",
-             f"- params {', '.join(meta['param_dtypes'])}, state fp32; median of {meta['iters']} steps after "
+             f"- params {', '.join(meta['param_dtypes'])}, state fp32 for ours (torch.optim.AdamW keeps state in the "
+             f"param dtype, so its bf16 rows move 14 B/param, counted as such); median of {meta['iters']} steps after "
              f"{meta['warmup']} warmup{', methods interleaved in rounds' if meta['interleaved'] else ', one method at a time'}; "
              f"bytes per param {meta['bytes_per_param']}"]
     if meta["skipped_backends"]:

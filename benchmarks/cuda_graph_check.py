@@ -1,15 +1,17 @@
 """Can an LLRAdamW / LLRMuon step be captured in a CUDA graph and replayed with changed learning rates?
 
 A small model with fixed gradients takes ``--warm`` eager steps, then one step is captured with
-``torch.cuda.graph`` and replayed once per LR of a schedule (the group LRs are changed on the host before
-each replay, as a scheduler would). The result must equal an eager run of the same schedule on a copy
-(bitwise up to ``--rtol``). To show that the comparison can fail, the eager run with the schedule must also
-differ from an eager run that keeps the captured LR.
+``torch.cuda.graph`` and replayed once per LR of a schedule (the group LRs are changed before each replay as a
+scheduler does: in place, ``group["lr"].fill_(...)``, since capturable=True makes them 0-d device tensors;
+``opt.after_replay()`` does the host bookkeeping a replay skips). The result must equal an eager run of the same
+schedule on a copy (bitwise up to ``--rtol``). To show that the comparison can fail, the eager run with the
+schedule must also differ from an eager run that keeps the captured LR. ``--no-capturable`` runs the default
+mode, whose step fills the LR buffers from host floats (expected verdict: FAIL, replays use the captured LR).
 
 Verdicts (one JSON line per optimizer, and --json FILE):
   PASS   the replays reproduce the eager run with the changed LRs;
-  FAIL   they do not (e.g. "replays used the LR of the capture": the per-tensor LR buffer is filled from the
-         host in step(), which a replay does not run);
+  FAIL   they do not (e.g. "replays used the LR of the capture": with --no-capturable the per-tensor LR
+         buffers are computed from host floats in step(), which a replay does not run);
   ERROR  capture or replay raised (the message says what);
   SKIPPED no CUDA device: the eager comparison path still runs (replays are eager steps) so a dry run
          exercises this code; nothing about graphs is claimed.
@@ -46,17 +48,26 @@ class Tiny(nn.Module):
         self.norm = nn.LayerNorm(80)
 
 
-def make(optimizer: str, model: nn.Module, backend: str):
+def make(optimizer: str, model: nn.Module, backend: str, capturable: bool = True):
     from llr_kernels import LLRAdamW, LLRMuon
 
     if optimizer == "adamw":
-        return LLRAdamW(model, lr=1e-3, weight_decay=0.1, s=3.0, interval=10**6, backend=backend)
-    return LLRMuon(model, lr=2e-2, adamw_lr=1e-3, weight_decay=0.1, s=2.0, interval=10**6, backend=backend)
+        return LLRAdamW(model, lr=1e-3, weight_decay=0.1, s=3.0, interval=10**6, backend=backend, capturable=capturable)
+    return LLRMuon(model, lr=2e-2, adamw_lr=1e-3, weight_decay=0.1, s=2.0, interval=10**6, backend=backend,
+                   capturable=capturable)
+
+
+def base_lrs(opt) -> list[float]:
+    return [float(g["lr"]) for g in opt.param_groups]
 
 
 def set_lr(opt, base: list[float], factor: float) -> None:
+    """What an LR scheduler does: tensor LRs (capturable=True) are filled in place, float LRs replaced."""
     for g, b in zip(opt.param_groups, base):
-        g["lr"] = b * factor
+        if isinstance(g["lr"], torch.Tensor):
+            g["lr"].fill_(b * factor)
+        else:
+            g["lr"] = b * factor
 
 
 def fixed_grads(model: nn.Module, seed: int) -> None:
@@ -72,9 +83,10 @@ def fresh(start: nn.Module) -> nn.Module:
     return model
 
 
-def eager_run(model: nn.Module, optimizer: str, backend: str, warm: int, factors: tuple[float, ...]) -> nn.Module:
-    opt = make(optimizer, model, backend)
-    base = [g["lr"] for g in opt.param_groups]
+def eager_run(model: nn.Module, optimizer: str, backend: str, warm: int, factors: tuple[float, ...],
+              capturable: bool = True) -> nn.Module:
+    opt = make(optimizer, model, backend, capturable)
+    base = base_lrs(opt)
     for _ in range(warm):
         opt.step()
     for f in factors:
@@ -107,13 +119,13 @@ def describe(exc: BaseException) -> str:
     return " <- ".join(reversed(parts))  # root cause first
 
 
-def check(optimizer: str, device: torch.device, backend: str, warm: int, rtol: float) -> dict:
+def check(optimizer: str, device: torch.device, backend: str, warm: int, rtol: float, capturable: bool = True) -> dict:
     torch.manual_seed(0)
     start = Tiny().to(device)
     res: dict = {"optimizer": optimizer, "backend": backend, "device": str(device), "warm_steps": warm,
-                 "schedule": list(SCHEDULE)}
-    ref = eager_run(fresh(start), optimizer, backend, warm, SCHEDULE)
-    const = eager_run(fresh(start), optimizer, backend, warm, (SCHEDULE[0],) * len(SCHEDULE))
+                 "schedule": list(SCHEDULE), "capturable": capturable}
+    ref = eager_run(fresh(start), optimizer, backend, warm, SCHEDULE, capturable)
+    const = eager_run(fresh(start), optimizer, backend, warm, (SCHEDULE[0],) * len(SCHEDULE), capturable)
     res["schedule_effect"] = max_rel_diff(const, ref)
     res["schedule_effect_matrices"] = max_rel_diff(const, ref, matrices_only=True)
     if not min(res["schedule_effect"], res["schedule_effect_matrices"]) > 10 * rtol:
@@ -122,8 +134,8 @@ def check(optimizer: str, device: torch.device, backend: str, warm: int, rtol: f
                    "ignores LR changes")
         return res
     model = fresh(start)
-    opt = make(optimizer, model, backend)
-    base = [g["lr"] for g in opt.param_groups]
+    opt = make(optimizer, model, backend, capturable)
+    base = base_lrs(opt)
     graphs = device.type == "cuda"
     try:
         if graphs:
@@ -133,11 +145,17 @@ def check(optimizer: str, device: torch.device, backend: str, warm: int, rtol: f
                 for _ in range(warm):
                     opt.step()
             torch.cuda.current_stream(device).wait_stream(side)
+            if opt.host_work_due:
+                raise RuntimeError(f"after {warm} warm steps the next step still has host work; raise --warm")
             graph = torch.cuda.CUDAGraph()
             set_lr(opt, base, SCHEDULE[0])
             with torch.cuda.graph(graph):
-                opt.step()
-            replay = graph.replay
+                opt.step()  # captures this step; the replays below are the schedule's steps
+
+            def replay() -> None:
+                graph.replay()
+                if opt.after_replay():
+                    raise RuntimeError("a replayed step was due for host work (an LLR update): run it eagerly")
         else:
             for _ in range(warm):
                 opt.step()
@@ -158,8 +176,9 @@ def check(optimizer: str, device: torch.device, backend: str, warm: int, rtol: f
     elif ok:
         res.update(verdict="PASS", message="replays with changed LRs match the eager run")
     elif res["max_rel_diff_vs_captured_lr"] <= rtol:
-        res.update(verdict="FAIL", message="replays used the LR of the capture: the per-tensor LR buffer is filled from "
-                   "the host inside step(), which a replay does not run (needs a capturable mode: LRs computed on device)")
+        res.update(verdict="FAIL", message="replays used the LR of the capture: the per-tensor LR buffers were computed "
+                   "from host values inside step(), which a replay does not run" + ("" if capturable else
+                   " (expected with --no-capturable; capturable=True computes them on device from tensor LRs)"))
     else:
         res.update(verdict="FAIL", message=f"replays differ from the eager run by {res['max_rel_diff_vs_eager']:.2e} (relative)")
     return res
@@ -173,12 +192,14 @@ def main() -> int:
     ap.add_argument("--warm", type=int, default=3, help="eager steps before the capture (the first measures alphas)")
     ap.add_argument("--rtol", type=float, default=1e-6, help="max relative difference graph vs eager")
     ap.add_argument("--json", default=None, help="also write the verdicts to this file")
+    ap.add_argument("--no-capturable", dest="capturable", action="store_false",
+                    help="build the optimizers with capturable=False (shows the failure a capturable mode avoids)")
     args = ap.parse_args()
     device = torch.device(args.device)
     results = []
     for opt in (["adamw", "muon"] if args.optimizer == "both" else [args.optimizer]):
         try:
-            r = check(opt, device, args.backend, args.warm, args.rtol)
+            r = check(opt, device, args.backend, args.warm, args.rtol, args.capturable)
         except Exception as exc:  # noqa: BLE001 - e.g. the eager reference itself failed
             r = {"optimizer": opt, "backend": args.backend, "verdict": "ERROR",
                  "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=6)}

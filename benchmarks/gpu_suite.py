@@ -4,7 +4,7 @@ with its own time budget, into one results folder of at most 8 files. Run it thr
 On a machine with one H100/H200 and its preinstalled python3 (nothing to install), in at most 9 minutes:
 
   phase 1, concurrent lanes (nothing in it is timed against the GPU):
-    build     llr_kernels._ext.load_extension(): JIT build of csrc/ (nvcc), build time and errors
+    build     llr_kernels._ext.load_extension(): JIT build of llr_kernels/csrc/ (nvcc), build time and errors
     machine   CPU, GPU, driver, CUDA, torch, triton, python (no host name)
     train     python/train.py --preset gpu-20m --data sample --steps 200 (uniform vs llr, one LR), without the
               extension (LLR_DISABLE_EXT=1) so that it never waits for the build
@@ -338,6 +338,33 @@ def machine_part(device: str) -> int:
     return 0
 
 
+# Test files that say nothing about the GPU kernels and cost minutes there (a wheel build with nvcc).
+_CPU_ONLY_TESTS = {"test_wheel.py": "packaging: builds wheels, checked on CPU in CI"}
+
+
+def unrunnable_test_files() -> list[tuple[str, str]]:
+    """(test file, why) for files the GPU machine cannot or need not run: the CPU-only ones, and those that
+    import a package this python lacks (nothing can be installed there; CI runs them on CPU)."""
+    import ast
+
+    out = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        if path.name in _CPU_ONLY_TESTS:
+            out.append((str(path.relative_to(ROOT)), _CPU_ONLY_TESTS[path.name]))
+            continue
+        tops = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                tops.add(node.module.split(".")[0])
+        missing = sorted(m for m in tops & {"hypothesis", "transformers", "accelerate", "numpy"}
+                         if importlib.util.find_spec(m) is None)
+        if missing:
+            out.append((str(path.relative_to(ROOT)), f"needs {', '.join(missing)}, not installed here"))
+    return out
+
+
 def make_parts(s: Suite) -> tuple[list[list[Part]], list[Part]]:
     dry, dev = s.dry, ("cpu" if s.dry else "cuda")
     me = [PY, str(Path(__file__).resolve())]
@@ -351,8 +378,11 @@ def make_parts(s: Suite) -> tuple[list[list[Part]], list[Part]]:
                       "run them where pytest exists")
     else:
         targets = ["tests/test_benchmarks_dry_run.py"] if dry else ["tests/"]
+        ignored = [] if dry else unrunnable_test_files()
         tests.cmd = [PY, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit2",
-                     f"--junitxml={s.out / 'tests_junit.xml'}", "-rfEs"]
+                     f"--junitxml={s.out / 'tests_junit.xml'}", "-rfEs", *[f"--ignore={f}" for f, _ in ignored]]
+        if ignored:
+            tests.note = "not run here: " + "; ".join(f"{Path(f).name} ({why})" for f, why in ignored)
         if not dry and importlib.util.find_spec("xdist") is not None:
             tests.cmd += ["-n", str(s.args.test_workers)]
         if importlib.util.find_spec("pytest_timeout") is not None:

@@ -335,7 +335,7 @@ def markdown(res: dict, machine: dict, load: dict) -> str:
             cells.append(_fmt_err(loop))
             cells += [_fmt_err(g[m]) for m in meths]
             auto = g.get("auto", {})
-            cells.append(f"{auto['pct_of_500_steps']:.3f}%" if "pct_of_500_steps" in auto else "-")
+            cells.append(f"{auto['pct_of_500_steps']:.2g}%" if "pct_of_500_steps" in auto else "-")
             lines.append("| " + " | ".join(cells) + " |")
             for m in meths:
                 for key in ("error", "skipped"):

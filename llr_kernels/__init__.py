@@ -4,7 +4,7 @@
     opt = LLRAdamW(model, lr=1e-3, weight_decay=0.1, s=3.0, interval=500, total_steps=T)
 """
 from .layers import KINDS, Layer, classify_parameters
-from .optim import LLRAdamW, LLRMuon, LLROptimizer
+from .optim import LLRAdamW, LLRMuon, LLROptimizer, layer_stats, unwrap
 from .policy import LLRConfig, LLRPolicy, llr_multipliers
 from .spectral import HillResult, hill_alpha
 
@@ -21,5 +21,7 @@ __all__ = [
     "Layer",
     "classify_parameters",
     "hill_alpha",
+    "layer_stats",
     "llr_multipliers",
+    "unwrap",
 ]

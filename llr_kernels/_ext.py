@@ -1,23 +1,27 @@
-"""Build and load the C++/CUDA extension compiled from ``csrc/`` (see csrc/README.md).
+"""Build and load the C++/CUDA extension compiled from ``llr_kernels/csrc/`` (see its README.md).
 
-Resolution order, on first use (never at package import):
+The sources are package data: a source checkout, an sdist and every wheel carry them, so the JIT path works
+wherever the package is installed. Resolution order, on first use (never at package import):
 
-1. ``llr_kernels._C``, if ``setup.py`` built it (``LLR_BUILD_EXT=1 pip install --no-build-isolation -e .``)
-   from the sources now in ``csrc/`` (it records their digest; a build from other sources is not used);
+1. ``llr_kernels._C``, if ``setup.py`` built it (``LLR_BUILD_EXT=1 pip install --no-build-isolation .`` or
+   ``LLR_BUILD_EXT=1 pip wheel --no-build-isolation .``, a platform wheel) from the sources now in ``csrc/``
+   (it records their digest; a build from other sources is not used);
 2. a JIT build of every ``csrc/*.cpp`` (plus ``csrc/*.cu`` when torch has CUDA and nvcc is found) into one
    module with ``torch.utils.cpp_extension.load`` and ninja, cached under ``$LLR_KERNELS_CACHE`` or
    ``~/.cache/llr_kernels``, in one directory per torch version / Python / CUDA flavour and per digest of the
    source contents (headers included) and build flags: another checkout or an edited source gets its own build,
-   never a stale one. Only the first run pays the compile (about a minute on 2 cores, announced by one line
-   on stderr); later runs load the cached .so.
+   never a stale one, and an installed copy of the same sources reuses the build. Only the first run pays the
+   compile (about a minute on 2 cores, announced by one line on stderr); later runs import the cached .so.
 
 If neither works, :func:`unavailable_reason` says why, a single warning is emitted, and every op keeps
 working through its "torch" (and "triton") backends. ``LLR_DISABLE_EXT=1`` turns the extension off.
+:func:`status` says which of these applies without building anything (``python -m llr_kernels.info``).
 """
 from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -27,7 +31,7 @@ from types import ModuleType
 
 import torch
 
-_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")  # package data: installed with the package
 _NAME = "llr_kernels_C"
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -96,6 +100,24 @@ def cache_dir(with_cuda: bool) -> str:
     return os.path.join(root, tag, source_digest(with_cuda))
 
 
+def _module_name(with_cuda: bool) -> str:
+    return f"{_NAME}_{source_digest(with_cuda)}"
+
+
+def _built_path(with_cuda: bool) -> str:
+    """Where the JIT build of the current sources is (or will be)."""
+    return os.path.join(cache_dir(with_cuda), _module_name(with_cuda) + ".so")
+
+
+def _import_built(name: str, path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _jit_build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
@@ -104,12 +126,19 @@ def _jit_build() -> ModuleType:
     if not srcs:
         raise RuntimeError(f"no C++ sources found under {_CSRC}")
     build_dir = cache_dir(with_cuda)
+    name, built = _module_name(with_cuda), _built_path(with_cuda)
+    if os.path.exists(built):
+        # The name carries the digest of the sources' contents and the flags: this .so was built from exactly
+        # these sources, wherever they live (checkout or installed package). Importing it directly skips ninja,
+        # which would rebuild everything for sources at another path.
+        try:
+            return _import_built(name, built)
+        except ImportError:
+            pass  # e.g. a build interrupted while linking: rebuild below
     os.makedirs(build_dir, exist_ok=True)
-    name = f"{_NAME}_{source_digest(with_cuda)}"
-    if not os.path.exists(os.path.join(build_dir, f"{name}.so")):
-        sys.stderr.write(f"llr_kernels: building the C++{'/CUDA' if with_cuda else ''} extension (about a minute, "
-                         f"once; cached in {build_dir})\n")
-        sys.stderr.flush()
+    sys.stderr.write(f"llr_kernels: building the C++{'/CUDA' if with_cuda else ''} extension (about a minute, "
+                     f"once; cached in {build_dir})\n")
+    sys.stderr.flush()
     return load(
         name=name,
         sources=srcs,
@@ -120,26 +149,76 @@ def _jit_build() -> ModuleType:
     )
 
 
-def _prebuilt() -> ModuleType | None:
-    """``llr_kernels._C`` if setup.py built it from the sources now in csrc/ (or csrc/ is not shipped)."""
+def _check_prebuilt() -> tuple[ModuleType | None, str]:
+    """(``llr_kernels._C`` if usable else None, a one-line description), without warning."""
     try:
         from llr_kernels import _C  # type: ignore[attr-defined]  # built by setup.py
-    except ImportError:
-        return None
+    except ImportError as exc:
+        return None, f"no ahead-of-time build ({exc})"
     with_cuda = bool(getattr(_C, "with_cuda", False))
     if not sources(with_cuda):
-        return _C  # an installed package without csrc/: nothing to compare against
-    want = f"d{source_digest(with_cuda)}"
-    if getattr(_C, "source_digest", None) != want:
+        return _C, f"{_C.__file__} (no sources shipped to compare with)"
+    if getattr(_C, "source_digest", None) != f"d{source_digest(with_cuda)}":
+        return None, f"{_C.__file__} was built from other sources than {_CSRC} (stale)"
+    return _C, f"{_C.__file__}{' with CUDA' if with_cuda else ' (CPU only)'}"
+
+
+def _prebuilt() -> ModuleType | None:
+    """``llr_kernels._C`` if setup.py built it from the sources now in csrc/ (or csrc/ is not shipped)."""
+    mod, what = _check_prebuilt()
+    if mod is None and "(stale)" in what:
         warnings.warn(
-            f"llr_kernels: the ahead-of-time build llr_kernels._C ({_C.__file__}) was built from other sources than "
-            f"{_CSRC}; using a JIT build instead. Rebuild it with `LLR_BUILD_EXT=1 pip install --no-build-isolation "
-            "-e .` (or delete it).",
+            f"llr_kernels: the ahead-of-time build {what.replace(' (stale)', '')}; using a JIT build instead. "
+            "Rebuild it with `LLR_BUILD_EXT=1 pip install --no-build-isolation .` (or delete it).",
             RuntimeWarning,
             stacklevel=4,
         )
-        return None
-    return _C
+    return mod
+
+
+def _compiler_missing() -> str | None:
+    """Why a JIT build cannot start here (no C++ compiler or no ninja), or None."""
+    import shutil
+
+    from torch.utils.cpp_extension import is_ninja_available
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx!r} not on PATH; set CXX)"
+    if not is_ninja_available():
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def status() -> dict[str, str]:
+    """Which extension the "cpp" backend would use, without building or loading anything new.
+
+    "state" is one of: "loaded" (already in this process), "aot" (``llr_kernels._C``), "jit_cached" (a JIT
+    build of these sources is in the cache), "jit_build" (the first use will compile, about a minute),
+    "unavailable" (and why); "detail" says more, "cache_dir" is the JIT directory, "sources" the csrc/ used.
+    """
+    with_cuda = cuda_build_possible()
+    out = {"cache_dir": cache_dir(with_cuda), "sources": _CSRC}
+    if _module is not None:
+        return {**out, "state": "loaded", "detail": getattr(_module, "__file__", _NAME)}
+    if _tried:
+        return {**out, "state": "unavailable", "detail": str(_error)}
+    if os.environ.get("LLR_DISABLE_EXT", "0") == "1":
+        return {**out, "state": "unavailable", "detail": "disabled by LLR_DISABLE_EXT=1"}
+    mod, what = _check_prebuilt()
+    if mod is not None:
+        return {**out, "state": "aot", "detail": what}
+    aot_note = "" if what.startswith("no ahead-of-time") else f"; ahead-of-time build not used: {what}"
+    if not sources(with_cuda):
+        return {**out, "state": "unavailable", "detail": f"no C++ sources under {_CSRC}{aot_note}"}
+    if os.path.exists(_built_path(with_cuda)):
+        return {**out, "state": "jit_cached", "detail": _built_path(with_cuda) + aot_note}
+    why = _compiler_missing()
+    if why is not None:
+        return {**out, "state": "unavailable", "detail": f"not built yet and cannot build: {why}{aot_note}"}
+    flavour = "C++/CUDA" if with_cuda else "C++ (CPU)"
+    return {**out, "state": "jit_build", "detail": f"the first use builds the {flavour} extension (1-3 minutes, "
+                                                  f"once) into {out['cache_dir']}{aot_note}"}
 
 
 def load_extension() -> ModuleType | None:

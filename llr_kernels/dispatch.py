@@ -149,3 +149,12 @@ def get_op(op: str, backend: str, device: torch.device) -> tuple[str, Callable]:
     """(chosen backend, implementation) for ``op`` on ``device``."""
     chosen = resolve_backend(op, backend, device)
     return chosen, _load(_OPS[op][chosen])
+
+
+def implementation(op: str, backend: str) -> Callable:
+    """The implementation of ``op`` for a concrete backend already chosen by ``resolve_backend`` / ``get_op``
+    (what the ``torch.library`` ops in ``llr_kernels.ops.custom_ops`` run; no availability check here)."""
+    impls = _OPS.get(op)
+    if impls is None or backend not in impls:
+        raise ValueError(f"op {op!r} has no {backend!r} implementation; available: {sorted(impls or {})}")
+    return _load(impls[backend])

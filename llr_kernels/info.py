@@ -1,8 +1,10 @@
 """Which backends work on this machine, and why the others do not: ``python -m llr_kernels.info``.
 
-Prints the versions that matter, then for every device present and every op of the dispatch table which
-backends can run it (or the reason they cannot) and what ``backend="auto"`` picks. Checking the "cpp"
-backend loads the C++ extension, building it first if it is not cached yet.
+Prints the versions that matter, the state of the C++ extension (ahead-of-time ``_C``, JIT build cached, JIT
+would build, or unavailable and why; the sources and the cache directory), then for every device present and
+every op of the dispatch table which backends can run it (or the reason they cannot) and what
+``backend="auto"`` picks. Checking the "cpp" backend loads the C++ extension, building it first if it is not
+cached yet; ``--ext`` prints the versions and the extension's state only, never building anything.
 """
 from __future__ import annotations
 
@@ -11,7 +13,15 @@ import sys
 
 import torch
 
-from . import __version__, dispatch
+from . import __version__, _ext, dispatch
+
+EXT_STATES = {
+    "loaded": "loaded",
+    "aot": "ahead-of-time build (llr_kernels._C)",
+    "jit_cached": "JIT build cached",
+    "jit_build": "not built yet: the first use builds it",
+    "unavailable": "unavailable",
+}
 
 
 def devices() -> list[torch.device]:
@@ -36,8 +46,15 @@ def backend_table(device: torch.device) -> dict[str, dict[str, str]]:
     return table
 
 
-def report() -> str:
-    """The whole report as text."""
+def extension_lines() -> list[str]:
+    """The C++ extension's state (``llr_kernels._ext.status``), without building or loading it."""
+    st = _ext.status()
+    return [f"C++ extension: {EXT_STATES.get(st['state'], st['state'])} ({st['detail']})",
+            f"  sources: {st['sources']}; JIT cache: {st['cache_dir']} (LLR_KERNELS_CACHE)"]
+
+
+def report(backends: bool = True) -> str:
+    """The whole report as text; ``backends=False``: versions and the extension's state only."""
     try:
         import triton
 
@@ -52,6 +69,9 @@ def report() -> str:
     ]
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
+    lines += extension_lines()  # before the table: checking the "cpp" backend loads (or builds) it
+    if not backends:
+        return "\n".join(lines)
     for dev in devices():
         lines.append(f"\n[{dev}]")
         for op, row in backend_table(dev).items():
@@ -61,8 +81,12 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    print(report())
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a not in ("--ext",) for a in argv):
+        print("usage: python -m llr_kernels.info [--ext]   (--ext: the C++ extension's state only, no build)")
+        return 2
+    print(report(backends="--ext" not in argv))
     return 0
 
 

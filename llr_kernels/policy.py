@@ -4,6 +4,11 @@
 ``interval`` steps; gradient alphas while t/T <= grad_phase, weight alphas after) plus two knobs the paper
 leaves open: ``active_until`` (freeze multipliers after that fraction of training; the public scripts use
 0.2) and ``ramp_steps`` (move linearly to new multipliers over that many steps, as the public code does).
+
+No single layer may set Eq. 3's range for everyone. The spectral estimator already returns NaN for spectra
+without a tail (flat, alpha above its bound, too few eigenvalues; ``llr_kernels.spectral.hill``); on top of
+that ``robust_outliers`` drops alphas far from the other layers' (see its docstring) before the map. Every
+excluded layer keeps its previous multiplier, and the optimizers report it as status "outlier".
 """
 from __future__ import annotations
 
@@ -45,6 +50,40 @@ def llr_multipliers(
     return out
 
 
+OUTLIER_Z = 5.0  # default cut, in robust standard deviations of ln(alpha - 1)
+OUTLIER_MIN_SCALE = 0.2  # floor of that scale: alpha - 1 within a factor e^(5 x 0.2) = e of the median's is never an outlier
+OUTLIER_MIN_LAYERS = 5  # fewer usable alphas: no outlier rule (a median and MAD of 3 or 4 values say little)
+
+
+def robust_outliers(
+    alphas: torch.Tensor, usable: torch.Tensor, z: float = OUTLIER_Z, min_scale: float = OUTLIER_MIN_SCALE
+) -> torch.Tensor:
+    """Bool mask of usable alphas that lie far from the others', by a robust statistic.
+
+    Works on x = ln(alpha - 1), the log of the tail's mean log-excess inverse (Eq. 2 gives alpha - 1 =
+    k / logsum), where layers' alphas spread evenly: a layer is an outlier when
+    |x - median(x)| > z * max(1.4826 * MAD(x), min_scale). The MAD (1.4826 makes it a standard deviation for
+    normal data) ignores up to half the layers being extreme, so one orthogonal or rank-one layer cannot
+    hide itself by widening the scale. The floor sets the least deviation that can count: alpha - 1 within
+    a factor e of the median's never does, which covers the component spread the paper reports inside one
+    model (e.g. attention ~1.3-1.7 vs FFN ~1.9-2.1 for gradients, a factor ~3 in alpha - 1, is kept because
+    such spreads also widen the MAD). Seen in a test run: a layer initialised orthogonal drifts to alpha 8.3
+    (status "ok") while the others sit at 1.9-2.5; without this rule it takes multiplier s and squashes every
+    other layer into [1, 1.3]. Needs at least ``OUTLIER_MIN_LAYERS`` usable alphas, else nothing is an outlier.
+    """
+    a = alphas.detach().to(torch.float64).cpu()
+    ok = usable.cpu().bool() & torch.isfinite(a) & (a > 1.0)
+    out = torch.zeros_like(ok)
+    if int(ok.sum()) < OUTLIER_MIN_LAYERS:
+        return out
+    x = torch.log(a[ok] - 1.0)
+    med = x.median()
+    mad = (x - med).abs().median()
+    scale = max(1.4826 * float(mad), min_scale)
+    out[ok] = (x - med).abs() > z * scale
+    return out
+
+
 @dataclass
 class LLRConfig:
     """Hyperparameters of the LLR policy (paper defaults; s = 3 for AdamW, 2 for Muon)."""
@@ -57,6 +96,7 @@ class LLRConfig:
     ramp_steps: int = 0
     pin_embedding: bool = True
     pin_lm_head: bool = False
+    outlier_z: float | None = OUTLIER_Z  # None: no outlier rule (see robust_outliers)
 
     def validate(self) -> "LLRConfig":
         """Check every field (TypeError for a wrong type, ValueError for a value out of range); returns self."""
@@ -75,6 +115,9 @@ class LLRConfig:
         check_int("ramp_steps", self.ramp_steps, 0, hint=" (steps to move linearly to new multipliers; 0 = jump)")
         check_bool("pin_embedding", self.pin_embedding)
         check_bool("pin_lm_head", self.pin_lm_head)
+        if self.outlier_z is not None:
+            check_real("outlier_z", self.outlier_z, 0.0, lo_open=True,
+                       hint=" (robust standard deviations of ln(alpha - 1) beyond which an alpha is ignored; None turns the rule off)")
         return self
 
 
@@ -96,6 +139,7 @@ class LLRPolicy:
         self.last_update: int | None = None
         self.last_source: str | None = None
         self.num_updates = 0
+        self.outliers = torch.zeros(num_layers, dtype=torch.bool)  # excluded by robust_outliers at the last update
 
     def frozen(self, t: int) -> bool:
         """True once multipliers no longer change (past active_until * total_steps)."""
@@ -115,13 +159,23 @@ class LLRPolicy:
     def phase(self, t: int) -> str:
         return "frozen" if self.frozen(t) else self.source(t)
 
-    def update(self, t: int, alphas: torch.Tensor, source: str) -> None:
-        """Record alphas measured before step t and set new target multipliers."""
+    def update(self, t: int, alphas: torch.Tensor, source: str) -> torch.Tensor:
+        """Record alphas measured before step t and set new target multipliers; returns the outlier mask.
+
+        NaN alphas and outliers (``robust_outliers``, unless ``outlier_z`` is None) keep their layer's
+        previous multiplier and do not enter Eq. 3's range; ``alphas`` keeps the measured values for logging.
+        """
         self.start = self.multipliers(t)
         self.alphas = alphas.detach().to(torch.float64).cpu().clone()
-        self.target = llr_multipliers(self.alphas, self.config.s, pinned=self.pinned, previous=self.target)
+        z = self.config.outlier_z
+        self.outliers = (
+            robust_outliers(self.alphas, ~self.pinned, z) if z is not None else torch.zeros(self.num_layers, dtype=torch.bool)
+        )
+        mapped = torch.where(self.outliers, torch.full_like(self.alphas, float("nan")), self.alphas)
+        self.target = llr_multipliers(mapped, self.config.s, pinned=self.pinned, previous=self.target)
         self.last_update, self.last_source = t, source
         self.num_updates += 1
+        return self.outliers.clone()
 
     def multipliers(self, t: int) -> torch.Tensor:
         """Multipliers in force at step t (float64, CPU), following the ramp if one is set."""
@@ -135,6 +189,19 @@ class LLRPolicy:
         r = self.config.ramp_steps
         return r > 0 and self.last_update is not None and t - self.last_update + 1 <= r
 
+    def add_layers(self, pinned: torch.Tensor) -> None:
+        """Append layers (``add_param_group``): no alpha yet and multiplier s if pinned, else 1, until the next
+        update measures them like the others."""
+        pinned = pinned.cpu().bool().reshape(-1)
+        k = pinned.numel()
+        init = torch.where(pinned, torch.tensor(float(self.config.s), dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+        self.pinned = torch.cat([self.pinned, pinned])
+        self.alphas = torch.cat([self.alphas, torch.full((k,), float("nan"), dtype=torch.float64)])
+        self.target = torch.cat([self.target, init])
+        self.start = torch.cat([self.start, init])
+        self.outliers = torch.cat([self.outliers, torch.zeros(k, dtype=torch.bool)])
+        self.num_layers += k
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "alphas": self.alphas.clone(),
@@ -143,6 +210,7 @@ class LLRPolicy:
             "last_update": self.last_update,
             "last_source": self.last_source,
             "num_updates": self.num_updates,
+            "outliers": self.outliers.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -155,3 +223,5 @@ class LLRPolicy:
         self.last_update = state["last_update"]
         self.last_source = state["last_source"]
         self.num_updates = state["num_updates"]
+        outliers = state.get("outliers")  # absent from checkpoints written before the outlier rule
+        self.outliers = torch.zeros(self.num_layers, dtype=torch.bool) if outliers is None else outliers.cpu().bool().clone()

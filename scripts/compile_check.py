@@ -8,7 +8,7 @@
    spills and shared memory (from the ptxas log Triton produces; fall-backs: ptxas -v on the PTX, then
    cuobjdump on the cubin). Fails on a compile error and on any spill of a ``default`` variant on sm_90
    (what the wrappers launch by default on H100/H200).
-3. Compiles csrc/*.cu to objects with nvcc for sm_90 with the flags torch.utils.cpp_extension would use;
+3. Compiles llr_kernels/csrc/*.cu to objects with nvcc for sm_90 with the flags torch.utils.cpp_extension would use;
    skips (never fails) where nvcc is absent.
 
 Results are cached under ``$LLR_COMPILE_CHECK_CACHE`` (default ~/.cache/llr_kernels/compile_check), keyed by
@@ -358,7 +358,7 @@ def _store(cache: str | None, key: str, value: dict) -> None:
 
 def _start_nvcc(args, cache: str | None, tmp: str) -> list[dict]:
     """Start one nvcc per csrc/*.cu (or report cached / skipped); returns job records."""
-    srcs = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu")))
+    srcs = sorted(glob.glob(os.path.join(ROOT, "llr_kernels", "csrc", "*.cu")))
     home = find_cuda_home()
     if args.skip_nvcc or not srcs:
         print("nvcc: skipped" + (" (--skip-nvcc)" if args.skip_nvcc else " (no csrc/*.cu)"))
@@ -373,7 +373,7 @@ def _start_nvcc(args, cache: str | None, tmp: str) -> list[dict]:
         return [{"src": "csrc/*.cu", "error": f"could not get torch's nvcc flags: {type(exc).__name__}: {exc}"}]
     pre = cmake_macros_dir(tmp) + pre
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1:]
-    headers = "".join(open(h).read() for h in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.h"))))
+    headers = "".join(open(h).read() for h in sorted(glob.glob(os.path.join(ROOT, "llr_kernels", "csrc", "*.h"))))
     import torch
 
     jobs = []

@@ -11,7 +11,7 @@ when the tests fail, *survived* when they pass. The checkout itself is never mod
     python scripts/mutation_check.py --list          # names, files and test groups
     python scripts/mutation_check.py -k policy -k hill --timeout 600
 
-Mutants of csrc/ rebuild the C++ extension into a scratch cache (minutes each); the others run with
+Mutants of llr_kernels/csrc/ rebuild the C++ extension into a scratch cache (minutes each); the others run with
 LLR_DISABLE_EXT=1 unless they target the C++ backend's Python side (then the normal cache is reused).
 A snippet that no longer occurs exactly once in its file is reported as "stale": update the list.
 Exit status: 0 if every (non-stale) mutant was killed, 1 otherwise.
@@ -39,6 +39,7 @@ TESTS = {
     "hill": ["tests/test_llr_adamw.py", "tests/test_hill.py"],
     "adamw_kernel": ["tests/test_adamw_kernels.py", "tests/test_optim_table.py"],
     "muon_kernel": ["tests/test_muon.py", "tests/test_optim_table.py"],
+    "capturable": ["tests/test_capturable.py", "tests/test_compile.py"],
 }
 
 
@@ -56,13 +57,14 @@ ADAMW, MUON, BASE, POLICY = "llr_kernels/optim/adamw.py", "llr_kernels/optim/muo
 HILL = "llr_kernels/spectral/hill.py"  # hill_params: Eq. 2's indices for every spectral path
 PAPER = "        return n - k - 1, n - k, k, (n - k - 0.5) / n"
 REFERENCE = "    return i, i, n - i, (i + 0.5) / n"
-CONFIG = "config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head)"
+CONFIG = ("config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, "
+          "pin_lm_head, outlier_z)")
 
 
 def _config_mutants(prefix: str, file: str, tests: str) -> list[Mutant]:
     """Each LLR policy argument replaced by its default in one optimizer's constructor."""
     defaults = {"s": "3.0", "interval": "500", "total_steps": "None", "grad_phase": "0.05", "active_until": "1.0",
-                "ramp_steps": "0", "pin_embedding": "True", "pin_lm_head": "False"}
+                "ramp_steps": "0", "pin_embedding": "True", "pin_lm_head": "False", "outlier_z": "OUTLIER_Z"}
     fields = list(defaults)
     out = []
     for i, f in enumerate(fields):
@@ -98,7 +100,7 @@ MUTANTS: list[Mutant] = [
            "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=50,", "adamw"),
     Mutant("adamw-state-ignores-state_dtype", ADAMW, "sdt = self.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)",
            "sdt = torch.float64 if p.dtype == torch.float64 else torch.float32", "adamw"),
-    Mutant("adamw-lr-without-multiplier", ADAMW, "group_lr[launch.group_index] * multipliers[launch.layer_index]",
+    Mutant("adamw-lr-without-multiplier", ADAMW, "group_lr[launch.group_index] * launch.multipliers[launch.layer_index]",
            "group_lr[launch.group_index] * 1.0", "adamw"),
     Mutant("adamw-group-wd-of-group-0", ADAMW, "launch.weight_decays.copy_(group_wd[launch.group_index]",
            "launch.weight_decays.copy_(group_wd[launch.group_index * 0]", "adamw"),
@@ -119,7 +121,7 @@ MUTANTS: list[Mutant] = [
     Mutant("muon-ignores-adamw_eps", MUON, "betas=tuple(adamw_betas), eps=adamw_eps,", "betas=tuple(adamw_betas), eps=1e-8,", "optim"),
     Mutant("muon-ignores-amsgrad", MUON, "eps=adamw_eps, amsgrad=amsgrad, maximize=maximize,", "eps=adamw_eps, amsgrad=False, maximize=maximize,", "optim"),
     Mutant("muon-ignores-maximize", MUON, "eps=adamw_eps, amsgrad=amsgrad, maximize=maximize,", "eps=adamw_eps, amsgrad=amsgrad, maximize=False,", "optim"),
-    Mutant("muon-step-ignores-maximize", MUON, "            if self.param_groups[gi][\"maximize\"]:", "            if False:", "optim"),
+    Mutant("muon-step-ignores-maximize", MUON, "g = -p.grad if negate else p.grad", "g = p.grad", "optim"),
     Mutant("muon-ignores-adamw_lr", MUON, "_split_groups(params, model, classify, adamw_lr, adamw_weight_decay)",
            "_split_groups(params, model, classify, 1e-3, adamw_weight_decay)", "optim"),
     Mutant("muon-ignores-adamw_weight_decay", MUON, "_split_groups(params, model, classify, adamw_lr, adamw_weight_decay)",
@@ -140,20 +142,20 @@ MUTANTS: list[Mutant] = [
            "            hill_method=hill_method, hill_variant=\"paper\", min_eigs=min_eigs,", "optim"),
     Mutant("muon-ignores-min_eigs", MUON, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
            "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=50,", "optim"),
-    Mutant("muon-lr-without-multiplier", MUON, "lr = group_lr[plan.group_index] * multipliers[plan.layer_index]",
-           "lr = group_lr[plan.group_index] * 1.0", "optim"),
-    Mutant("muon-decay-without-multiplier", MUON, "decay = 1.0 - lr * group_wd[plan.group_index]",
-           "decay = 1.0 - group_lr[plan.group_index] * group_wd[plan.group_index]", "optim"),
-    Mutant("muon-step-without-shape-ratio", MUON, "step = lr * plan.ratio", "step = lr * 1.0", "optim"),
-    Mutant("muon-clip-ignored", MUON, "self.last_grad_norm = clip_all_grads(params, self.max_grad_norm)",
+    Mutant("muon-lr-without-multiplier", MUON, "lr = group_lr[a.group_index] * a.multipliers[a.layer_index]",
+           "lr = group_lr[a.group_index] * 1.0", "optim"),
+    Mutant("muon-decay-without-multiplier", MUON, "a.decays.copy_(1.0 - lr * group_wd[a.group_index])",
+           "a.decays.copy_(1.0 - group_lr[a.group_index] * group_wd[a.group_index])", "optim"),
+    Mutant("muon-step-without-shape-ratio", MUON, "a.step_sizes.copy_(lr * a.ratio)", "a.step_sizes.copy_(lr * 1.0)", "optim"),
+    Mutant("muon-clip-ignored", MUON, "self.last_grad_norm = clip_all_grads(self._clip_params, self.max_grad_norm)",
            "self.last_grad_norm = torch.zeros(())", "optim"),
     # ----- shared LLR logic (base) --------------------------------------------------------------------
     Mutant("base-ignores-hill_method", BASE, "self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs",
            "self.hill_method, self.hill_variant, self.min_eigs = \"exact\", hill_variant, min_eigs", "optim"),
     Mutant("base-pin-embedding-ignored", BASE, "(l.kind == \"embedding\" and llr.pin_embedding)", "(l.kind == \"embedding\" and False)", "optim"),
     Mutant("base-pin-lm-head-always", BASE, "(l.kind == \"lm_head\" and llr.pin_lm_head)", "(l.kind == \"lm_head\")", "optim"),
-    Mutant("base-measures-after-the-step", BASE, "self._step_params(self.llr.multipliers(self.llr_step))",
-           "self._step_params(self.llr.multipliers(self.llr_step - 1))", "optim"),
+    Mutant("base-measures-after-the-step", BASE, "mult = self.llr.multipliers(t).to(torch.float64)",
+           "mult = self.llr.start.to(torch.float64)", "optim"),  # the update step keeps the old multipliers
     # ----- the LR map (Eq. 3), NaN handling -----------------------------------------------------------
     Mutant("map-direction-reversed", POLICY, "out[usable] = (a[usable] - lo) / span * (s - 1.0) + 1.0",
            "out[usable] = (hi - a[usable]) / span * (s - 1.0) + 1.0", "policy"),
@@ -200,15 +202,24 @@ MUTANTS: list[Mutant] = [
     Mutant("adamw-torch-lr-of-tensor-0", "llr_kernels/ops/adamw_torch.py", "lr, wd, step = lr_list[i], wd_list[i], step_list[i]",
            "lr, wd, step = lr_list[0], wd_list[i], step_list[i]", "adamw_kernel"),
     Mutant("adamw-torch-bias-correction", "llr_kernels/ops/adamw_torch.py", "bias_correction1 = 1 - beta1**step", "bias_correction1 = 1 - beta1**(step + 1)", "adamw_kernel"),
-    Mutant("adamw-torch-amsgrad-max", "llr_kernels/ops/adamw_torch.py", "torch.maximum(vmax32, v32, out=vmax32)", "torch.minimum(vmax32, v32, out=vmax32)", "adamw_kernel"),
+    Mutant("adamw-torch-amsgrad-max", "llr_kernels/ops/adamw_torch.py", "torch.maximum(vmax32, v32, out=vmax32)\n            denom = (vmax32",
+           "torch.minimum(vmax32, v32, out=vmax32)\n            denom = (vmax32", "adamw_kernel"),
+    Mutant("step-tick-never-schedules-host-work", BASE,
+           "if self._llr.is_update_step(self._llr_step) or self._llr.ramping(self._llr_step):", "if False:", "capturable"),
+    Mutant("compiled-step-bakes-the-lr", BASE, "return torch.stack([one * v for v in vals]), None",
+           "return torch.stack([one * 1e-3 for v in vals]), None", "capturable"),
+    Mutant("op-schema-hides-step-mutation", "llr_kernels/ops/custom_ops.py", "Tensor weight_decays, Tensor(e!) steps",
+           "Tensor weight_decays, Tensor steps", "capturable"),
+    Mutant("adamw-torch-capturable-amsgrad-max", "llr_kernels/ops/adamw_torch.py", "torch.maximum(vmax32, v32, out=vmax32)\n        vh",
+           "torch.minimum(vmax32, v32, out=vmax32)\n        vh", "capturable"),
     Mutant("adamw-triton-lr-by-row", "llr_kernels/ops/adamw_triton.py", "lr = tl.load(lr_ptr + gidx)", "lr = tl.load(lr_ptr + t)", "adamw_kernel"),
     Mutant("adamw-triton-wd-by-row", "llr_kernels/ops/adamw_triton.py", "wd = tl.load(wd_ptr + gidx)", "wd = tl.load(wd_ptr + t)", "adamw_kernel"),
     Mutant("adamw-triton-step-counter", "llr_kernels/ops/adamw_triton.py", "step = tl.load(step_ptr + gidx) + 1.0", "step = tl.load(step_ptr + gidx) + 2.0", "adamw_kernel"),
     Mutant("adamw-triton-v-update", "llr_kernels/ops/adamw_triton.py", "v = v * beta2 + w2 * g * g", "v = v * beta2 + w2 * g", "adamw_kernel"),
     Mutant("adamw-triton-amsgrad-max", "llr_kernels/ops/adamw_triton.py", "vh = tl.maximum(vmax, v)", "vh = tl.minimum(vmax, v)", "adamw_kernel"),
-    Mutant("adamw-cpp-lr-of-tensor-0", "csrc/adamw_cpu.cpp", "const double lr = lr_p[t], wd = wd_p[t], step = step_p[t];",
+    Mutant("adamw-cpp-lr-of-tensor-0", "llr_kernels/csrc/adamw_cpu.cpp", "const double lr = lr_p[t], wd = wd_p[t], step = step_p[t];",
            "const double lr = lr_p[0], wd = wd_p[t], step = step_p[t];", "adamw_kernel", ext="rebuild"),
-    Mutant("adamw-cpp-step-counter", "csrc/adamw_cpu.cpp", "step_p[t] += 1.0f;", "step_p[t] += 2.0f;", "adamw_kernel", ext="rebuild"),
+    Mutant("adamw-cpp-step-counter", "llr_kernels/csrc/adamw_cpu.cpp", "step_p[t] += 1.0f;", "step_p[t] += 2.0f;", "adamw_kernel", ext="rebuild"),
     # ----- Muon kernels -------------------------------------------------------------------------------
     Mutant("muon-triton-apply-local-index", "llr_kernels/ops/muon_triton.py", "    idx = tl.load(row + 2)\n", "    idx = t\n", "muon_kernel"),
     Mutant("muon-triton-apply-table-without-index", "llr_kernels/ops/muon_triton.py", "work, meta = _tables(\"apply\", cols, idx, device)",

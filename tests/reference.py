@@ -282,3 +282,46 @@ class LLRScheduleF64:
             return list(self.target)
         frac = min(1.0, (t - self.last + 1) / self.ramp)
         return [a + (b - a) * frac for a, b in zip(self.start, self.target)]
+
+
+def hill_llr_np(eigs: np.ndarray, min_eigs: int = 50, rel_zero: float = 1e-8, alpha_max: float = 50.0) -> float:
+    """The alpha LLR feeds to Eq. 3, from ascending eigenvalues (issue 12's rules, written independently).
+
+    Eq. 2 (paper variant); when the threshold l_{n-k} is zero (eigenvalues at most ``rel_zero`` x l_max count
+    as zero: the documented floor of llr_kernels.spectral.hill, which exact and Lanczos share), Eq. 2 on the r
+    nonzero eigenvalues with k = floor(r/2), NaN if r < min_eigs; NaN above
+    ``alpha_max`` (flat or near-flat spectra, not tail estimates). Meant for spectra with a clear gap between
+    zero and nonzero eigenvalues (low-rank gradients), not for rank decisions near the floor.
+    """
+    lam = np.clip(np.asarray(eigs, dtype=np.float64), 0.0, None)
+    n = lam.size
+    if n < max(2, min_eigs) or not lam[-1] > 0:
+        return float("nan")
+    nonzero = lam[lam > rel_zero * lam[-1]]
+    if nonzero.size <= n // 2:  # Eq. 2's threshold is zero: the rank-aware estimate on the nonzero part
+        if nonzero.size < max(2, min_eigs):
+            return float("nan")
+        lam = nonzero
+    a = hill_np(lam, "paper", min_eigs=2)
+    return a if a <= alpha_max else float("nan")
+
+
+def robust_outliers_np(alphas: Sequence[float], pinned: Sequence[bool], z: float = 5.0, min_scale: float = 0.2,
+                       min_layers: int = 5) -> list[bool]:
+    """Issue 12's outlier rule: |ln(a-1) - median| > z * max(1.4826 MAD, min_scale) over usable alphas."""
+    idx = [i for i, a in enumerate(alphas) if math.isfinite(a) and a > 1.0 and not pinned[i]]
+    out = [False] * len(alphas)
+    if len(idx) < min_layers:
+        return out
+    x = np.log(np.array([alphas[i] for i in idx]) - 1.0)
+    med = _lower_median(x)
+    scale = max(1.4826 * _lower_median(np.abs(x - med)), min_scale)
+    for j, i in enumerate(idx):
+        out[i] = bool(abs(x[j] - med) > z * scale)
+    return out
+
+
+def _lower_median(x: np.ndarray) -> float:
+    """The lower median (torch.median's convention for even counts)."""
+    s = np.sort(x)
+    return float(s[(s.size - 1) // 2])

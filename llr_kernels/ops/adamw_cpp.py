@@ -43,8 +43,10 @@ def adamw_step_cpp(
     inv_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     max_grad_norm: float | None = None,
+    capturable: bool = False,
 ) -> Tensor | None:
-    """Step every tensor in place with its own LR (see adamw_torch); returns the global grad norm when clipping."""
+    """Step every tensor in place with its own LR (see adamw_torch); returns the global grad norm when clipping.
+    ``capturable`` changes nothing: the CUDA kernel reads every scalar on device, and on CPU the host is the device."""
     mod = _ext()
     n = len(params)
     if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n == lrs.numel() == weight_decays.numel()

@@ -56,16 +56,24 @@ def adamw_step_torch(
     inv_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     max_grad_norm: float | None = None,
+    capturable: bool = False,
 ) -> Tensor | None:
     """Step every tensor in place with its own LR; returns the global grad norm when clipping, else None.
 
     lrs, weight_decays, steps: float32 tensors of shape (len(params),). steps is incremented here.
+    capturable: keep every scalar on the tensors' device (no host sync, no host-to-device copy; see
+    ``_adamw_step_on_device``), so the call can be captured in a CUDA graph. Default: host scalars, which
+    reproduces torch.optim.AdamW(foreach=False) bit for bit.
     """
     n = len(params)
     if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n == lrs.numel() == weight_decays.numel() == steps.numel()):
         raise ValueError("params, grads, exp_avgs, exp_avg_sqs, lrs, weight_decays and steps must have one entry per tensor")
     if amsgrad and (max_exp_avg_sqs is None or len(max_exp_avg_sqs) != n):
         raise ValueError("amsgrad=True needs max_exp_avg_sqs with one tensor per param")
+    if capturable:
+        return _adamw_step_on_device(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps,
+                                     beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
+                                     inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm)
     norm = None
     if max_grad_norm is not None:
         norm = global_grad_norm(grads, inv_scale)
@@ -116,6 +124,57 @@ def adamw_step_torch(
         if low_state:
             m.copy_(m32)
             v.copy_(v32)
+        if low_precision:
+            p.copy_(p32)
+    return norm
+
+
+def _adamw_step_on_device(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *, beta1,
+                          beta2, eps, amsgrad, maximize, inv_scale, found_inf, max_grad_norm) -> Tensor | None:
+    """The same step with every scalar (LR, weight decay, step, bias corrections, grad scale, found_inf) a tensor on
+    the device, arranged as torch.optim.AdamW(capturable=True) does: no host sync, no host-to-device copy.
+    With ``found_inf`` the new values are computed and then discarded with torch.where (nothing changes)."""
+    norm = global_grad_norm(grads, inv_scale) if max_grad_norm is not None else None
+    scale = None if inv_scale is None else inv_scale.reshape(()).float()
+    if norm is not None:
+        coef = clip_coefficient(norm, max_grad_norm)
+        scale = coef if scale is None else scale * coef
+    keep = None if found_inf is None else found_inf.reshape(()) == 0
+    steps.add_(1 if keep is None else keep.to(steps.dtype))
+    for i, p in enumerate(params):
+        lr, wd, step = lrs[i], weight_decays[i], steps[i]
+        low_precision = p.dtype in (torch.bfloat16, torch.float16)
+        p32 = p.float() if low_precision else p
+        g = grads[i].to(p32.dtype)
+        if scale is not None:
+            g = g * scale
+        if maximize:
+            g = -g
+        m, v = exp_avgs[i], exp_avg_sqs[i]
+        vmax = max_exp_avg_sqs[i] if amsgrad else None  # type: ignore[index]
+        low_state = m.dtype != p32.dtype
+        m32, v32 = (m.to(p32.dtype), v.to(p32.dtype)) if low_state else (m, v)
+        vmax32 = None if vmax is None else (vmax.to(p32.dtype) if low_state else vmax)
+        olds = None if keep is None else [t.clone() for t in (p32, m32, v32, vmax32) if t is not None]
+        p32.mul_(1 - lr * wd)
+        m32.lerp_(g, 1 - beta1)
+        v32.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias_correction1 = 1 - torch.pow(beta1, step)
+        bias_correction2 = 1 - torch.pow(beta2, step)
+        step_size_neg = (lr / bias_correction1).neg()
+        if vmax32 is not None:
+            torch.maximum(vmax32, v32, out=vmax32)
+        vh = v32 if vmax32 is None else vmax32
+        denom = (vh.sqrt() / (bias_correction2.sqrt() * step_size_neg)).add_(eps / step_size_neg)
+        p32.addcdiv_(m32, denom)
+        if olds is not None:
+            for new, old in zip([t for t in (p32, m32, v32, vmax32) if t is not None], olds):
+                new.copy_(torch.where(keep, new, old))
+        if low_state:
+            m.copy_(m32)
+            v.copy_(v32)
+            if vmax is not None:
+                vmax.copy_(vmax32)
         if low_precision:
             p.copy_(p32)
     return norm

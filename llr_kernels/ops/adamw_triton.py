@@ -279,8 +279,11 @@ def adamw_step_triton(
     inv_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     max_grad_norm: float | None = None,
+    capturable: bool = False,
 ) -> Tensor | None:
-    """Step every tensor in place with its own LR (see adamw_torch); returns the global grad norm when clipping."""
+    """Step every tensor in place with its own LR (see adamw_torch); returns the global grad norm when clipping.
+    Every scalar is read on device, so the kernel path is always capturable; ``capturable`` is passed on to the
+    torch reference that steps dtypes the kernel has no variant for."""
     n = len(params)
     if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n == lrs.numel() == weight_decays.numel()
             == steps.numel()):
@@ -292,13 +295,14 @@ def adamw_step_triton(
     for name, buf in (("lrs", lrs), ("weight_decays", weight_decays), ("steps", steps)):
         if buf.dtype != torch.float32 or not buf.is_contiguous() or buf.device != params[0].device:
             raise ValueError(f"{name} must be a contiguous float32 tensor on {params[0].device}")
-    if not 0.0 < beta1 < 1.0 or not 0.0 < beta2 < 1.0:
-        raise ValueError(f"betas must lie in (0, 1), got ({beta1}, {beta2})")
+    if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
+        raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
 
     if not all(_kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)):
         return _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps,
                                     beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
-                                    inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm)
+                                    inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm,
+                                    capturable=capturable)
     # the kernel reads these as fp32 scalars (one compiled variant); GradScaler already makes them fp32
     inv_scale = None if inv_scale is None else inv_scale.to(torch.float32)
     found_inf = None if found_inf is None else found_inf.to(torch.float32)
@@ -314,7 +318,7 @@ def adamw_step_triton(
             found_inf if found_inf is not None else dummy,
             sumsq if sumsq is not None else dummy,
             float(max_grad_norm) if max_grad_norm is not None else 0.0,
-            1.0 - beta1, beta2, 1.0 - beta2, math.log(beta1), math.log(beta2), eps, -1.0 if maximize else 1.0,
+            1.0 - beta1, beta2, 1.0 - beta2, _log(beta1), _log(beta2), eps, -1.0 if maximize else 1.0,
             int(inv_scale is not None), int(found_inf is not None), int(sumsq is not None),
             **ce, num_warps=warps,
         )
@@ -324,13 +328,18 @@ def adamw_step_triton(
     return norm * inv_scale.reshape(()).float() if inv_scale is not None else norm
 
 
+def _log(beta: float) -> float:
+    """log(beta) for the kernel's bias corrections; beta = 0 gives -inf, so 1 - beta**step = 1 (no correction)."""
+    return math.log(beta) if beta > 0.0 else -math.inf
+
+
 def _kernel_supports(p: Tensor, g: Tensor, m: Tensor) -> bool:
     """True when the kernel has a compiled variant for this tensor's dtypes (see PARAM_DTYPES, STATE_DTYPES)."""
     return p.dtype in PARAM_DTYPES and g.dtype == p.dtype and m.dtype in STATE_DTYPES
 
 
 def _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *,
-                         max_grad_norm, inv_scale, found_inf, **kw) -> Tensor | None:
+                         max_grad_norm, inv_scale, found_inf, capturable=False, **kw) -> Tensor | None:
     """Tensors the kernel has no variant for (fp64, or grads/state of other dtypes) go through the torch
     reference; the rest through the kernel, with one shared clip factor."""
     ok = [_kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)]
@@ -356,6 +365,6 @@ def _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
         sub_steps = steps[sel].contiguous()
         fn(pick(params, ids), pick(grads, ids), pick(exp_avgs, ids), pick(exp_avg_sqs, ids),
            pick(max_exp_avg_sqs, ids), lrs[sel].contiguous(), weight_decays[sel].contiguous(), sub_steps,
-           inv_scale=scale, found_inf=found_inf, max_grad_norm=None, **kw)
+           inv_scale=scale, found_inf=found_inf, max_grad_norm=None, capturable=capturable, **kw)
         steps[sel] = sub_steps
     return norm

@@ -48,11 +48,24 @@ def muon_momentum_torch(
         out.copy_(g_b.lerp(buf, momentum) if nesterov else buf)
 
 
-def muon_apply_torch(params: list[Tensor], updates: list[Tensor], decays: Tensor, step_sizes: Tensor) -> None:
-    """p = p * decays[i] - step_sizes[i] * updates[i] (decoupled weight decay, then the scaled update)."""
+def muon_apply_torch(params: list[Tensor], updates: list[Tensor], decays: Tensor, step_sizes: Tensor, *,
+                     capturable: bool = False) -> None:
+    """p = p * decays[i] - step_sizes[i] * updates[i] (decoupled weight decay, then the scaled update).
+
+    capturable: read decays / step_sizes as device tensors (no host sync: CUDA-graph capturable) instead of
+    host floats (the default, which follows torch.optim.Muon operation for operation)."""
     _check_lengths("muon_apply", len(params), updates)
     if decays.numel() != len(params) or step_sizes.numel() != len(params):
         raise ValueError("muon_apply: decays and step_sizes must have one entry per matrix")
+    if capturable:
+        for i, (p, u) in enumerate(zip(params, updates)):
+            low = p.dtype in (torch.bfloat16, torch.float16)
+            p32 = p.float() if low else p
+            p32.mul_(decays[i])
+            p32.addcmul_(u, step_sizes[i].neg())
+            if low:
+                p.copy_(p32)
+        return
     for p, u, d, s in zip(params, updates, decays.tolist(), step_sizes.tolist()):
         low = p.dtype in (torch.bfloat16, torch.float16)
         p32 = p.float() if low else p  # one rounding for low-precision params, as the fused kernels

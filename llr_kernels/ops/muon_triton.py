@@ -230,8 +230,10 @@ def muon_momentum_triton(
         )
 
 
-def muon_apply_triton(params: list[Tensor], updates: list[Tensor], decays: Tensor, step_sizes: Tensor) -> None:
-    """Triton version of ``muon_torch.muon_apply_torch``: one launch per dtype combination."""
+def muon_apply_triton(params: list[Tensor], updates: list[Tensor], decays: Tensor, step_sizes: Tensor, *,
+                      capturable: bool = False) -> None:
+    """Triton version of ``muon_torch.muon_apply_torch``: one launch per dtype combination (the kernel reads
+    decays and step sizes on device; ``capturable`` is passed on to the torch reference used for fp64)."""
     n = len(params)
     if n == 0:
         return
@@ -244,7 +246,8 @@ def muon_apply_triton(params: list[Tensor], updates: list[Tensor], decays: Tenso
     for (pd, ud), idx in _split_by_dtype(params, updates).items():
         if not _apply_supported(pd, ud):  # fp64 math: the torch reference
             sel = torch.tensor(idx, device=decays.device)
-            muon_apply_torch([params[i] for i in idx], [updates[i] for i in idx], decays[sel], step_sizes[sel])
+            muon_apply_torch([params[i] for i in idx], [updates[i] for i in idx], decays[sel], step_sizes[sel],
+                             capturable=capturable)
             continue
         cols = [[params[i] for i in idx], [updates[i] for i in idx]]
         work, meta = _tables("apply", cols, idx, device)

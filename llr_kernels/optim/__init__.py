@@ -2,5 +2,6 @@
 from .adamw import LLRAdamW
 from .base import LLROptimizer
 from .muon import LLRMuon
+from .wrappers import layer_stats, normalize_name, unwrap
 
-__all__ = ["LLRAdamW", "LLRMuon", "LLROptimizer"]
+__all__ = ["LLRAdamW", "LLRMuon", "LLROptimizer", "layer_stats", "normalize_name", "unwrap"]

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from .._checks import check_betas, check_bool, check_real
+from .._checks import check_betas, check_bool, check_choice, check_real
 from ..dispatch import get_op
+from ..ops.custom_ops import adamw_step
 from ..layers import Classifier
-from ..policy import LLRConfig
+from ..policy import OUTLIER_Z, LLRConfig
 from .base import LLROptimizer, check_backend, clip_all_grads
+from .checkpoint import load_torch_adamw
 
 
 @dataclass
@@ -19,15 +21,17 @@ class _Launch:
     """One call of the step op: tensors that share device, dtypes and (betas, eps, amsgrad, maximize)."""
 
     params: list[torch.Tensor]
-    group_index: torch.Tensor  # (N,) long, CPU: param group of each tensor
-    layer_index: torch.Tensor  # (N,) long, CPU: LLR layer of each tensor
-    lrs: torch.Tensor  # (N,) per-tensor LR buffer on device, updated in place every step
+    group_index: torch.Tensor  # (N,) long on device: param group of each tensor
+    layer_index: torch.Tensor  # (N,) long on device: LLR layer of each tensor
+    multipliers: torch.Tensor  # (L,) float64 on device: every layer's multiplier (LLROptimizer._multipliers_on)
+    lrs: torch.Tensor  # (N,) per-tensor LR buffer on device, computed on device at every step
     weight_decays: torch.Tensor  # (N,) per-tensor weight decay on device
     steps: torch.Tensor  # (N,) per-tensor step counters on device; state[p]["step"] are views of it
     options: dict[str, Any]
-    op: Callable[..., Any] | None = None  # the adamw_step implementation chosen for this launch
+    backend: str = "torch"  # the adamw_step implementation chosen for this launch (llr_kernels.dispatch)
     sharded: bool = False  # DTensor params: local shards are taken at every step
-    state_lists: tuple | None = None  # (exp_avgs, exp_avg_sqs, max_exp_avg_sqs or None), when not sharded
+    state_lists: tuple | None = None  # (exp_avgs, exp_avg_sqs, max_exp_avg_sqs or []), when not sharded
+    filled: tuple | None = None  # eager mode: the host values lrs / weight_decays were last computed from
 
 
 def _is_dtensor(t: object) -> bool:
@@ -84,8 +88,27 @@ class FusedAdamWPart:
             st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
         return st
 
+    def _adamw_group_ids(self) -> list[int]:
+        """The param groups this part steps (LLRMuon: its AdamW groups)."""
+        return list(range(len(self.param_groups)))
+
+    def _rebuild_plans(self) -> None:
+        self._build_launches(self._active(self._adamw_group_ids()))
+
+    def _active(self, group_ids: Iterable[int]) -> list[tuple[int, torch.Tensor]]:
+        """(group, param) of every tensor with a grad in these groups."""
+        active = []
+        for gi in group_ids:
+            for p in self.param_groups[gi]["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use dense embeddings")
+                active.append((gi, p))
+        return active
+
     def _build_launches(self, active: list[tuple[int, torch.Tensor]]) -> None:
-        """Group stepping tensors into launches and make the per-tensor buffers (only when the set changes)."""
+        """Group stepping tensors into launches and make the per-tensor buffers (when the set changes: host work)."""
         buckets: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for gi, p in active:
             g = self.param_groups[gi]
@@ -93,10 +116,9 @@ class FusedAdamWPart:
             key = (p.device, p.dtype, st["exp_avg"].dtype, tuple(g["betas"]), g["eps"], g["amsgrad"], g["maximize"])
             buckets.setdefault(key, []).append((gi, p))
         self._launches = []
-        self._lr_cache = None  # the new LR / weight-decay buffers are filled at the next step
         for (_, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
             device = _local(items[0][1]).device
-            backend, op = get_op("adamw_step", self.backend, device)
+            backend, _ = get_op("adamw_step", self.backend, device)
             buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
             params = [p for _, p in items]
             states = [self.state[p] for p in params]
@@ -107,84 +129,71 @@ class FusedAdamWPart:
             state_lists = None
             if not sharded:  # the state tensors live as long as the launch (a state load rebuilds it)
                 state_lists = ([st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
-                               [st["max_exp_avg_sq"] for st in states] if amsgrad else None)
+                               [st["max_exp_avg_sq"] for st in states] if amsgrad else [])
             self._launches.append(
                 _Launch(
                     params=params,
-                    group_index=torch.tensor([gi for gi, _ in items], dtype=torch.long),
-                    layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long),
+                    group_index=torch.tensor([gi for gi, _ in items], dtype=torch.long, device=device),
+                    layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long, device=device),
+                    multipliers=self._multipliers_on(device),
                     lrs=torch.zeros(len(params), dtype=buf_dtype, device=device),
                     weight_decays=torch.zeros(len(params), dtype=buf_dtype, device=device),
                     steps=steps,
                     options=dict(beta1=betas[0], beta2=betas[1], eps=eps, amsgrad=amsgrad, maximize=maximize),
-                    op=op,
+                    backend=backend,
                     sharded=sharded,
                     state_lists=state_lists,
                 )
             )
+        self._adamw_params = [p for _, p in active]
+        self._adamw_sharded = any(launch.sharded for launch in self._launches)
 
     def _on_state_loaded(self) -> None:
         self._signature = None  # step views must be rebuilt over the loaded state
 
     # ----- the step ---------------------------------------------------------------------------------
-    def _adamw_step(self, multipliers: torch.Tensor, group_ids: Iterable[int], max_grad_norm: float | None) -> None:
-        """Step the tensors of param groups ``group_ids`` with the fused op; clip their grads if asked.
-
-        Per step this only gathers the grads: launches, state lists and the chosen op are cached until the set
-        of stepping tensors changes, and the LR / weight-decay buffers are refilled only when a group's lr or
-        weight_decay or a multiplier changed.
-        """
-        groups = self.param_groups
-        active: list[tuple[int, torch.Tensor]] = []
-        ids: list[int] = []
-        counts: list[tuple[int, int]] = []
-        for gi in group_ids:
-            n_before = len(ids)
-            for p in groups[gi]["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use dense embeddings")
-                active.append((gi, p))
-                ids.append(id(p))
-            counts.append((gi, len(ids) - n_before))
-        signature = (tuple(counts), tuple(ids))
-        if signature != self._signature:
-            self._build_launches(active)
-            self._signature = signature
-        if not active:
+    def _fill_lr_buffers(self, launch: _Launch) -> None:
+        """lrs = group lr x layer multiplier and weight_decays = group weight decay, computed on the launch's
+        device (no host sync, no host-to-device copy when group LRs are tensors: capturable). In eager mode they
+        are recomputed only when a group value or the multipliers changed."""
+        device = launch.lrs.device
+        group_lr, lr_token = self._group_values("lr", device)
+        group_wd, wd_token = self._group_values("weight_decay", device)
+        key = None if lr_token is None or wd_token is None else (lr_token, wd_token, self._mult_version)
+        if key is not None and key == launch.filled:
             return
-        lr_key = (tuple(float(g["lr"]) for g in groups), tuple(float(g["weight_decay"]) for g in groups))
-        cached = getattr(self, "_lr_cache", None)
-        if cached is None or cached[0] != lr_key or not torch.equal(cached[1], multipliers):
-            group_lr = torch.tensor(lr_key[0], dtype=torch.float64)
-            group_wd = torch.tensor(lr_key[1], dtype=torch.float64)
-            for launch in self._launches:
-                launch.lrs.copy_(group_lr[launch.group_index] * multipliers[launch.layer_index], non_blocking=True)
-                launch.weight_decays.copy_(group_wd[launch.group_index], non_blocking=True)
-            self._lr_cache = (lr_key, multipliers.clone())
-        sharded = any(launch.sharded for launch in self._launches)
-        clip_here = max_grad_norm is not None and len(self._launches) == 1 and not sharded
+        launch.lrs.copy_(group_lr[launch.group_index] * launch.multipliers[launch.layer_index])
+        launch.weight_decays.copy_(group_wd[launch.group_index])
+        launch.filled = key
+
+    def _adamw_step(self, max_grad_norm: float | None) -> None:
+        """Step the tensors of the cached launches (built by ``_rebuild_plans``) with the fused op; clip their
+        grads if asked. Per step this only gathers the grads and computes the LR buffers on device."""
+        launches = self._launches
+        if not launches:
+            return
+        clip_here = max_grad_norm is not None and len(launches) == 1 and not self._adamw_sharded
         if max_grad_norm is not None and not clip_here:
             # several launches or sharded grads: the norm must span all of them (all ranks for DTensors)
-            self.last_grad_norm = clip_all_grads([p for _, p in active], max_grad_norm)
-        for launch in self._launches:
+            self.last_grad_norm = clip_all_grads(self._adamw_params, max_grad_norm)
+        for launch in launches:
+            self._fill_lr_buffers(launch)
             if launch.sharded:
                 states = [self.state[p] for p in launch.params]
                 params = [_local(p) for p in launch.params]
                 grads = [_local(p.grad) for p in launch.params]
                 exp_avgs = [_local(st["exp_avg"]) for st in states]
                 exp_avg_sqs = [_local(st["exp_avg_sq"]) for st in states]
-                max_sqs = [_local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else None
+                max_sqs = [_local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else []
             else:
                 params = launch.params
                 grads = [p.grad for p in params]
                 exp_avgs, exp_avg_sqs, max_sqs = launch.state_lists
-            norm = launch.op(
+            o = launch.options
+            norm = adamw_step(
                 params, grads, exp_avgs, exp_avg_sqs, max_sqs, launch.lrs, launch.weight_decays, launch.steps,
-                max_grad_norm=max_grad_norm if clip_here else None,
-                **launch.options,
+                o["beta1"], o["beta2"], o["eps"], o["amsgrad"], o["maximize"], None, None,
+                max_grad_norm if clip_here else None, self.capturable, launch.backend,
             )
             if clip_here:
                 self.last_grad_norm = norm
@@ -197,12 +206,19 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         (name, tensor) pairs, tensors, or param groups (pass ``model=`` so groups of plain tensors get names).
     lr, betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.AdamW``. Weight decay is decoupled and
         uses the layer's LR (p *= 1 - lr_layer * wd), as the public LLR code does through its param groups.
-    s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head: the LLR
-        policy (see ``llr_kernels.policy``). With s = 1 this is exactly AdamW.
+    s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head, outlier_z: the
+        LLR policy (see ``llr_kernels.policy``). With s = 1 this is exactly AdamW.
+    grad_alpha_source: in the gradient phase, alphas come from the raw gradient ("grad", the paper) or from
+        exp_avg ("momentum", as the public code offers: smoother and full-rank sooner when each step sees few
+        tokens; the gradient before the first step).
     max_grad_norm: if set, clip the global gradient norm inside the step (no host sync on fast backends).
     state_dtype: dtype of exp_avg / exp_avg_sq; default float32 (float64 for float64 params).
     backend: "auto" | "triton" | "cpp" | "torch" (see ``llr_kernels.dispatch``).
     hill_method, hill_variant, min_eigs: passed to ``llr_kernels.spectral.hill_alpha``.
+    capturable: keep every step-time scalar on the device, so a step can be captured in a CUDA graph and replayed
+        while a scheduler changes the LRs: each group's lr becomes a 0-d tensor on its parameters' device (update
+        it in place, as torch.optim.lr_scheduler does for tensor LRs), and step() makes no host sync and no
+        host-to-device copy except on steps with host work (LLR updates, ramps; see ``after_replay``).
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     """
@@ -225,6 +241,8 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         ramp_steps: int = 0,
         pin_embedding: bool = True,
         pin_lm_head: bool = False,
+        outlier_z: float | None = OUTLIER_Z,
+        grad_alpha_source: str = "grad",
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | None = None,
         backend: str = "auto",
@@ -233,25 +251,44 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         hill_method: str = "auto",
         hill_variant: str = "paper",
         min_eigs: int = 50,
+        capturable: bool = False,
     ) -> None:
         validate_adamw_args(lr, betas, eps, weight_decay, amsgrad, maximize)
+        check_choice("grad_alpha_source", grad_alpha_source, ("grad", "momentum"),
+                     hint=" (the gradient-phase alpha source: the raw gradient, or exp_avg)")
+        self.grad_alpha_source = grad_alpha_source
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
-        config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head)
+        config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head, outlier_z)
         super().__init__(
             params, defaults, llr=config, model=model, classify=classify, backend=backend,
-            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,
+            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
         )
-        for i, g in enumerate(self.param_groups):
-            validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"], where=f"param group {i}: ")
-        all_params = [p for g in self.param_groups for p in g["params"]]
-        validate_step_options(max_grad_norm, state_dtype, all_params)
-        check_backend("backend", backend, ("adamw_step",), all_params)
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype
+        self._check_groups(list(range(len(self.param_groups))))
         self.last_grad_norm: torch.Tensor | None = None
         self._launches: list[_Launch] = []
         self._signature: tuple | None = None
 
-    def _step_params(self, multipliers: torch.Tensor) -> None:
-        self._adamw_step(multipliers, range(len(self.param_groups)), self.max_grad_norm)
+    def _check_groups(self, group_ids: list[int]) -> None:
+        """Hyperparameters of these groups, max_grad_norm / state_dtype and the backend (construction and
+        add_param_group)."""
+        for i in group_ids:
+            g = self.param_groups[i]
+            validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"], where=f"param group {i}: ")
+        params = [p for i in group_ids for p in self.param_groups[i]["params"]]
+        validate_step_options(self.max_grad_norm, self.state_dtype, params)
+        check_backend("backend", self.backend, ("adamw_step",), params)
+
+    def load_torch_state_dict(self, state_dict: dict[str, Any], *, llr_step: int | None = None) -> None:
+        """Continue from a ``torch.optim.AdamW`` (or Adam) checkpoint: build this optimizer on the same param
+        groups, then call this instead of ``load_state_dict``. Moments and step counters are carried over, group
+        hyperparameters come from the checkpoint (as torch's load_state_dict does), and the LLR state starts
+        fresh at ``llr_step`` (default: the checkpoint's step count): multipliers 1 (pinned layers s) until the
+        next LLR update (``step % interval == 0``; call ``update_alphas()`` to measure at once).
+        """
+        load_torch_adamw(self, state_dict, llr_step)
+
+    def _step_params(self) -> None:
+        self._adamw_step(self.max_grad_norm)
 

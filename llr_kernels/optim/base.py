@@ -1,24 +1,48 @@
 """What every LLR optimizer shares: layers, the policy, the spectral update, per-tensor LRs, state_dict.
 
-A subclass implements ``_step_params(group_params)`` (the actual update with per-tensor LRs); this base
-decides, before each step, whether alphas are re-measured (Algorithm 1), and makes each tensor's LR
-``group["lr"] * multiplier(layer)`` so that any torch.optim.lr_scheduler, which only edits group["lr"],
-composes unchanged.
+A subclass implements ``_rebuild_plans()`` (cached launches for the tensors with grads) and ``_step_params()``
+(the update with per-tensor LRs); this base decides, before each step, whether alphas are re-measured
+(Algorithm 1), and makes each tensor's LR ``group["lr"] * multiplier(layer)`` so that any
+torch.optim.lr_scheduler, which only edits group["lr"], composes unchanged. A step compiles into one graph
+(torch.compile) and can be captured in a CUDA graph (``capturable=True``): see the "step" section below.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import time
+import warnings
+import weakref
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_bool, check_choice, check_int
 from ..dispatch import BACKENDS, has_impl, unavailable_reason
+from ..ops.custom_ops import llr_tick, register_tick
 from ..layers import Classifier, Layer, classify_parameters
 from ..policy import LLRConfig, LLRPolicy
 from ..spectral import hill_alpha
 from ..spectral.hill import METHODS, VARIANTS
+from .checkpoint import check_layers, llr_entry
+from .wrappers import normalize_name
+
+STATUS_OUTLIER = "outlier"  # alpha far from the other layers' (llr_kernels.policy.robust_outliers)
+
+# Statuses of matrix layers whose alpha does not enter Eq. 3, and what each means for the user.
+STATUS_EXPLANATIONS: dict[str, str] = {
+    "too_few_eigenvalues": "fewer than min_eigs={min_eigs} eigenvalues, too few for a tail estimate; their LR multiplier stays fixed",
+    "non_finite": "inf or NaN entries in the {source} at an LLR update; they keep their previous multiplier",
+    "zero_matrix": "an all-zero {source} at an LLR update; they keep their previous multiplier",
+    "rank_deficient": "a numerically rank-deficient {source} with fewer than min_eigs={min_eigs} nonzero eigenvalues; they keep their previous multiplier",
+    "ok_rank_deficient": "a rank-deficient {source} (e.g. fewer tokens per step than half the layer width): alpha is Eq. 2 on the nonzero eigenvalues with the rank-aware k, biased against the full-rank value (benchmarks/results/hill_rank_deficient_bias.md)",
+    "flat_spectrum": "a flat spectrum (e.g. orthogonal init or Muon-like updates): no tail to fit; they keep their previous multiplier",
+    "out_of_range": "alpha above the estimator's bound (hill_alpha alpha_max), not a tail estimate; they keep their previous multiplier",
+    STATUS_OUTLIER: "alpha far from the other layers' (robust rule, policy.robust_outliers; outlier_z=None turns it off); they keep their previous multiplier",
+    "no_grad": "no gradient at a gradient-phase LLR update; they keep their previous multiplier",
+    "inactive": "fewer than two layers have a usable alpha at this LLR update, so Eq. 3 has no range and no multiplier moves",
+}
 
 
 def _param_name_map(model: nn.Module | None) -> dict[int, str]:
@@ -27,8 +51,12 @@ def _param_name_map(model: nn.Module | None) -> dict[int, str]:
     return {id(layer.param): layer.name for layer in classify_parameters(model)}
 
 
-def _normalize_groups(params: Any, model: nn.Module | None) -> tuple[list[dict], list[tuple[str, torch.Tensor]]]:
-    """Turn any accepted ``params`` form into param groups of tensors plus (name, tensor) pairs in order."""
+def _normalize_groups(
+    params: Any, model: nn.Module | None, first_group: int = 0
+) -> tuple[list[dict], list[tuple[str, torch.Tensor]], list[str]]:
+    """Turn any accepted ``params`` form into param groups of tensors, (name, tensor) pairs in order, and the
+    generated names of matrices that had none (no pair, not found in ``model``): see ``warn_unnamed``.
+    ``first_group``: index of the first group in the optimizer (``add_param_group``), for generated names."""
     if isinstance(params, nn.Module):
         model = params if model is None else model
         params = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
@@ -39,8 +67,8 @@ def _normalize_groups(params: Any, model: nn.Module | None) -> tuple[list[dict],
         raise ValueError("the optimizer got an empty parameter list; pass a model or its parameters")
     groups = items if isinstance(items[0], dict) else [{"params": items}]
     names = _param_name_map(model)
-    out_groups, named = [], []
-    for gi, g in enumerate(groups):
+    out_groups, named, unnamed = [], [], []
+    for gi, g in enumerate(groups, start=first_group):
         if not isinstance(g, dict) or "params" not in g:
             raise TypeError("param groups must all be dicts with a 'params' entry")
         ps = g["params"]
@@ -51,7 +79,11 @@ def _normalize_groups(params: Any, model: nn.Module | None) -> tuple[list[dict],
                 name, p = item
             elif isinstance(item, torch.Tensor):
                 p = item
-                name = names.get(id(p), f"group{gi}.param{j}")
+                name = names.get(id(p))
+                if name is None:
+                    name = f"group{gi}.param{j}"
+                    if p.dim() >= 2:
+                        unnamed.append(name)
             else:
                 raise TypeError(f"cannot read parameter entry of type {type(item).__name__}; use tensors or (name, tensor)")
             if p.is_complex():
@@ -59,18 +91,45 @@ def _normalize_groups(params: Any, model: nn.Module | None) -> tuple[list[dict],
             tensors.append(p)
             named.append((name, p))
         out_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": tensors})
-    return out_groups, named
+    return out_groups, named, unnamed
+
+
+def warn_unnamed(unnamed: list[str], who: str) -> None:
+    """Warn (once per call site) that matrices without names are all classified as hidden linear layers."""
+    if not unnamed:
+        return
+    warnings.warn(
+        f"{who} got {len(unnamed)} weight matrices without names (e.g. model.parameters()): LLR cannot tell the "
+        "embedding (pinned at s*lr) and the LM head from hidden layers without names, so every matrix is treated "
+        f"as a hidden linear layer. Pass the model: {who}(model, ...), {who}(model.named_parameters(), ...), or "
+        f"param groups with model=model (Hugging Face Trainer: optimizers=({who}(model, ...), scheduler) or "
+        f"optimizer_cls_and_kwargs=({who}, {{'model': model, ...}}))",
+        UserWarning,
+        stacklevel=_caller_stacklevel(),
+    )
 
 
 def classify_named(
     named: list[tuple[str, torch.Tensor]], model: nn.Module | None, classify: Classifier | None
 ) -> list[Layer]:
-    """Layers of the optimizer's parameters, in order; with a model, kinds also use module types."""
+    """Layers of the optimizer's parameters, in order; with a model, kinds also use module types. Names drop
+    the levels that wrappers insert (``_orig_mod.``, ``module.``, ...: ``wrappers.normalize_name``)."""
     layers = classify_parameters(named, classify=classify)
     if model is not None:
         by_id = {id(layer.param): layer for layer in classify_parameters(model, classify=classify)}
         layers = [by_id.get(id(layer.param), layer) for layer in layers]
+    for layer in layers:
+        layer.name = normalize_name(layer.name)
+        layer.aliases = list(dict.fromkeys(normalize_name(a) for a in layer.aliases))
     return layers
+
+
+def pinned_mask(layers: list[Layer], config: LLRConfig) -> torch.Tensor:
+    """Bool mask of the layers pinned at s: the embedding (pin_embedding) and the LM head (pin_lm_head)."""
+    return torch.tensor(
+        [(l.kind == "embedding" and config.pin_embedding) or (l.kind == "lm_head" and config.pin_lm_head) for l in layers],
+        dtype=torch.bool,
+    )
 
 
 def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
@@ -92,13 +151,6 @@ def check_backend(arg: str, backend: str, ops: tuple[str, ...], params: list[tor
         why = unavailable_reason(backend, device)
         if why is not None:
             raise ValueError(f"{arg}={backend!r} cannot run on {device}: {why}; use {arg}='auto' or 'torch'")
-    if backend != "torch":
-        for p in params:
-            if not p.is_contiguous():
-                raise ValueError(
-                    f"{arg}={backend!r} needs contiguous parameters, but one of shape {tuple(p.shape)} is not; "
-                    f"use {arg}='torch', or make the parameter contiguous"
-                )
 
 
 def check_spectral_args(hill_method: Any, hill_variant: Any, min_eigs: Any) -> None:
@@ -120,6 +172,49 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return full() if callable(full) else t
 
 
+def _reject_sparse_embeddings(model: nn.Module | None, stepped: dict[int, int]) -> None:
+    """Fail at construction, not at the first step, for embeddings that would produce sparse gradients."""
+    if model is None:
+        return
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and mod.sparse and id(mod.weight) in stepped:
+            raise ValueError(
+                f"{name or 'the model'} is an {type(mod).__name__} with sparse=True: LLR optimizers step dense "
+                "gradients only; build it with sparse=False"
+            )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside llr_kernels and torch (the user's
+    ``opt.step()``), whatever decorators lie in between."""
+    import os
+    import sys
+
+    skip = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _capturing() -> bool:
+    """True while the current CUDA stream is being captured into a CUDA graph."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _refreshes_multipliers(fn: Callable) -> Callable:
+    """For methods that set new multipliers on the host (update_alphas): the next step copies them to the
+    device; never traced by dynamo (alpha measurement is host work: a compiled caller breaks the graph here)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "LLROptimizer", *args: Any, **kwargs: Any) -> Any:
+        out = fn(self, *args, **kwargs)
+        self._host_due = True
+        return out
+
+    return torch.compiler.disable(wrapper)
+
+
 class LLROptimizer(torch.optim.Optimizer):
     """Base of LLRAdamW / LLRMuon. See those classes for the user-facing arguments."""
 
@@ -135,27 +230,32 @@ class LLROptimizer(torch.optim.Optimizer):
         hill_method: str = "auto",
         hill_variant: str = "paper",
         min_eigs: int = 50,
+        capturable: bool = False,
     ) -> None:
         llr.validate()
         check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.dispatch)")
         check_spectral_args(hill_method, hill_variant, min_eigs)
         check_model_args(model, classify)
+        check_bool("capturable", capturable)
         self.backend = backend
-        groups, named = _normalize_groups(params, model)
+        self.capturable = capturable
+        groups, named, unnamed = _normalize_groups(params, model)
+        warn_unnamed(unnamed, type(self).__name__)
         super().__init__(groups, defaults)
         if model is None and isinstance(params, nn.Module):
             model = params
+        # add_param_group names and classifies new parameters like these (a weak reference: no model kept alive)
+        self._model_ref = None if model is None else weakref.ref(model)
+        self._classify = classify
         self.layers: list[Layer] = classify_named(named, model, classify)
         self._layer_index = {id(layer.param): i for i, layer in enumerate(self.layers)}
-        pinned = torch.tensor(
-            [(l.kind == "embedding" and llr.pin_embedding) or (l.kind == "lm_head" and llr.pin_lm_head) for l in self.layers],
-            dtype=torch.bool,
-        )
-        self.llr = LLRPolicy(llr, len(self.layers), pinned)
+        _reject_sparse_embeddings(model, self._layer_index)
+        self.llr = LLRPolicy(llr, len(self.layers), pinned_mask(self.layers, llr))
         self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs
         self.llr_step = 0
         self.llr_update_seconds = 0.0
         self.hill_status: list[str] = ["not_measured"] * len(self.layers)  # per layer, from the last update
+        self._init_step_state()
 
     # ----- layers and multipliers -------------------------------------------------------------------
     def layer_of(self, p: torch.Tensor) -> int:
@@ -166,14 +266,26 @@ class LLROptimizer(torch.optim.Optimizer):
         return [i for i, l in enumerate(self.layers) if l.is_matrix]
 
     def _spectral_matrix(self, layer: Layer, source: str) -> torch.Tensor | None:
-        """The matrix whose spectrum sets this layer's alpha; subclasses may choose another (Muon)."""
-        if source == "grad":
-            return None if layer.param.grad is None else _full(layer.param.grad)
-        return _full(layer.param.detach())
+        """The matrix whose spectrum sets this layer's alpha: the weight, or in the gradient phase the gradient
+        (``grad_alpha_source="grad"``) or the optimizer's first moment (``"momentum"``: Muon's momentum buffer
+        or AdamW's exp_avg; the gradient before the first step, when no moment exists yet)."""
+        if source != "grad":
+            return _full(layer.param.detach())
+        if getattr(self, "grad_alpha_source", "grad") == "momentum":
+            st = self.state.get(layer.param, {})
+            buf = st.get("momentum_buffer", st.get("exp_avg"))
+            if buf is not None:
+                return _full(buf)
+        return None if layer.param.grad is None else _full(layer.param.grad)
 
+    @_refreshes_multipliers
     @torch.no_grad()
     def update_alphas(self, t: int | None = None) -> torch.Tensor:
-        """Measure every layer's alpha now and set new multipliers (normally called by ``step``)."""
+        """Measure every layer's alpha now and set new multipliers (normally called by ``step``).
+
+        Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
+        multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it.
+        """
         t = self.llr_step if t is None else t
         source = self.llr.source(t)
         start = time.perf_counter()
@@ -190,10 +302,34 @@ class LLROptimizer(torch.optim.Optimizer):
             alphas[idx] = res.alpha
             for i, st in zip(idx, res.status):
                 status[i] = st
-        self.llr.update(t, alphas, source)
+        outliers = self.llr.update(t, alphas, source)
+        for i in torch.nonzero(outliers).flatten().tolist():
+            status[i] = STATUS_OUTLIER
         self.hill_status = status
+        self._warn_statuses(status, source)
         self.llr_update_seconds += time.perf_counter() - start
         return alphas
+
+    def _warn_statuses(self, status: list[str], source: str) -> None:
+        """One RuntimeWarning per cause (not per step) for layers whose alpha could not be used."""
+        warned = self.__dict__.setdefault("_warned_causes", set())
+        by_cause: dict[str, list[str]] = {}
+        for i, (layer, st) in enumerate(zip(self.layers, status)):
+            if st in STATUS_EXPLANATIONS and not bool(self.llr.pinned[i]):
+                by_cause.setdefault(st, []).append(layer.name)
+        mapped = [i for i, l in enumerate(self.layers) if l.is_matrix and not bool(self.llr.pinned[i])]
+        usable = sum(status[i] in ("ok", "ok_rank_deficient") for i in mapped)
+        if mapped and usable < 2:
+            by_cause.setdefault("inactive", [])
+        for cause, names in by_cause.items():
+            if cause in warned:
+                continue
+            warned.add(cause)
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            what = STATUS_EXPLANATIONS[cause].format(source=source, min_eigs=self.min_eigs)
+            head = f"LLR: {len(names)} layer(s) ({shown}): " if names else "LLR: "
+            warnings.warn(head + what + " (warned once; see layer_stats()['status'])", RuntimeWarning,
+                          stacklevel=_caller_stacklevel())
 
     def multipliers(self) -> torch.Tensor:
         """Multipliers in force for the next step (float64, CPU, one per layer)."""
@@ -219,49 +355,255 @@ class LLROptimizer(torch.optim.Optimizer):
             )
         return stats
 
+    # ----- param groups added after construction ---------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (torch.optim API) whose parameters become LLR layers like the others.
+
+        Names come from the model the optimizer was built on, else from (name, tensor) pairs in the group, else
+        they are generated (with the unnamed-parameters warning). New layers start at multiplier 1 (s if pinned),
+        are measured at the next LLR update, and are stepped from the next step. Hyperparameters missing from
+        the group come from the constructor's defaults; they are checked as at construction.
+        """
+        if "layers" not in self.__dict__:  # torch.optim.Optimizer.__init__ adding the constructor's groups
+            super().add_param_group(param_group)
+            return
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError("add_param_group expects a dict with a 'params' entry (tensors or (name, tensor) pairs)")
+        model = self._model_ref() if self._model_ref is not None else None
+        groups, named, unnamed = _normalize_groups([param_group], model, first_group=len(self.param_groups))
+        for name, p in named:
+            if id(p) in self._layer_index:
+                raise ValueError(f"parameter {name!r} is already in a param group of this optimizer; a parameter "
+                                 "can belong to one group only")
+        warn_unnamed(unnamed, type(self).__name__)
+        layers = classify_named(named, model, self._classify)
+        first, n_layers, policy = len(self.param_groups), len(self.layers), copy.deepcopy(self.llr)
+        self._layer_index.update({id(layer.param): n_layers + i for i, layer in enumerate(layers)})
+        self.layers.extend(layers)
+        self.llr.add_layers(pinned_mask(layers, self.llr.config))
+        self.hill_status.extend(["not_measured"] * len(layers))
+        try:
+            for group in self._expand_added_group(groups[0], layers):
+                super().add_param_group(group)  # fills in the defaults
+            self._check_groups(list(range(first, len(self.param_groups))))
+            _reject_sparse_embeddings(model, {id(layer.param): 0 for layer in layers})
+        except Exception:  # leave the optimizer as it was
+            del self.param_groups[first:]
+            del self.layers[n_layers:], self.hill_status[n_layers:]
+            for layer in layers:
+                self._layer_index.pop(id(layer.param), None)
+            self.llr = policy
+            raise
+
+    def _expand_added_group(self, group: dict[str, Any], layers: list[Layer]) -> list[dict[str, Any]]:
+        """The param groups one added group becomes (LLRMuon splits it into Muon and AdamW parts)."""
+        return [group]
+
+    def _check_groups(self, group_ids: list[int]) -> None:
+        """Check the hyperparameters and backends of these param groups (as the constructor does)."""
+
+    def reset_llr(self, step: int = 0) -> None:
+        """Start the LLR state afresh at ``step``: no alphas, multipliers 1 (pinned layers s), not measured yet."""
+        self.llr = LLRPolicy(self.llr.config, len(self.layers), pinned_mask(self.layers, self.llr.config))
+        self.llr_step = int(step)
+        self.llr_update_seconds = 0.0
+        self.hill_status = ["not_measured"] * len(self.layers)
+
     # ----- step -------------------------------------------------------------------------------------
-    def _step_params(self, multipliers: torch.Tensor) -> None:
+    # How a step splits between host and device, so that it compiles into one graph and can be captured:
+    # the multipliers live in device tensors (one per device) that only ``_host_step`` writes; each step computes
+    # the per-tensor LR / weight-decay buffers on device from them and the group values; the host step counter
+    # is advanced by ``_after_step`` (in a compiled graph: by the ``llr_tick`` op, so traced code never reads it:
+    # dynamo would specialise the changing int and recompile at every step) and sets ``_host_due`` when the next
+    # step has host work. Traced code reads only ``_host_due`` (a bool: two graph variants, no recompiles).
+
+    @property
+    def llr_step(self) -> int:
+        """Steps taken so far (the t of Algorithm 1). Setting it (resume, reset_llr) makes the next step refresh
+        the multipliers on the host."""
+        return self._llr_step
+
+    @llr_step.setter
+    def llr_step(self, value: int) -> None:
+        self._llr_step = int(value)
+        self._host_due = True
+
+    @property
+    def llr(self) -> LLRPolicy:
+        """The LLR policy (alphas, multipliers, schedule). Replacing it makes the next step refresh the multipliers."""
+        return self._llr
+
+    @llr.setter
+    def llr(self, policy: LLRPolicy) -> None:
+        self._llr = policy
+        self._host_due = True
+
+    def _init_step_state(self) -> None:
+        self._signature: tuple | None = None  # tensors with grads when the step plans were built
+        self._mult_dev: dict[str, torch.Tensor] = {}  # multipliers (float64) on each device that steps
+        self._mult_layers = -1
+        self._mult_version = 0  # bumped whenever the device multipliers change (eager buffer cache key)
+        self._group_cache: dict[tuple, tuple[tuple, torch.Tensor]] = {}
+        first = next((p for g in self.param_groups for p in g["params"]), None)
+        device = first.device if first is not None else torch.device("cpu")
+        self._tick_t = torch.zeros((), dtype=torch.int64, device=device)  # what llr_tick writes: compiled steps
+        self._tick_handle = register_tick(self._after_step)
+        self._host_due = True
+        if self.capturable:
+            self._lrs_to_device_tensors()
+
+    def _step_params(self) -> None:
+        """Step every parameter with a grad, reading multipliers from ``_multipliers_on(device)``."""
         raise NotImplementedError
+
+    def _rebuild_plans(self) -> None:
+        """(Re)build the cached step plans for the current tensors with grads (called by ``_host_step``)."""
+        raise NotImplementedError
+
+    def _grad_signature(self) -> tuple:
+        """(group, id) of every tensor with a grad, in order: when it changes, the step plans are rebuilt."""
+        return tuple((gi, id(p)) for gi, g in enumerate(self.param_groups) for p in g["params"] if p.grad is not None)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimizer step; re-measures alphas first when Algorithm 1 says so."""
+        """One optimizer step; re-measures alphas first when Algorithm 1 says so.
+
+        Under ``torch.compile`` a step traces into one graph; it leaves the graph only at ``_host_step`` (the
+        documented break point), on steps with host work: LLR updates (alpha measurement), ramp steps, and the
+        first step after the set of tensors with grads changed or a state was loaded.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.llr.is_update_step(self.llr_step):
-            self.update_alphas(self.llr_step)
-        self._step_params(self.llr.multipliers(self.llr_step))
-        self.llr_step += 1
+        self._opt_called = True  # what an LR scheduler's wrapper of step() would record (see below)
+        if self._host_due or self._grad_signature() != self._signature:
+            self._host_step()
+        self._step_params()
+        if torch.compiler.is_compiling():
+            llr_tick(self._tick_t, self._tick_handle)  # calls self._after_step() when the graph runs
+        else:
+            self._after_step()
         return loss
+
+    # An LR scheduler wraps optimizer.step in a function of torch/optim/lr_scheduler.py, a file dynamo never
+    # traces (a compiled step would always break there), unless step carries this attribute; it only serves the
+    # "scheduler.step() before optimizer.step()" warning, for which step() sets _opt_called itself.
+    step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    @torch.compiler.disable
+    def _host_step(self) -> None:
+        """The host work of a step, and the only point where a compiled step leaves the graph: measure alphas
+        (LLR update steps), copy the multipliers of this step to the device (update and ramp steps: one small
+        host-to-device copy), and rebuild the step plans when the tensors with grads changed (first step,
+        add_param_group, a loaded state). Steps without such work never call it."""
+        if self.capturable and _capturing():
+            raise RuntimeError(
+                f"step {self.llr_step} of this {type(self).__name__} has host work (an LLR update, a multiplier ramp, "
+                "or new tensors to plan for) and cannot be captured in a CUDA graph: run it eagerly and capture a "
+                "later step (after_replay() says when a replayed step must run eagerly)"
+            )
+        t = self.llr_step
+        if self.llr.is_update_step(t):
+            self.update_alphas(t)
+        mult = self.llr.multipliers(t).to(torch.float64)
+        signature = self._grad_signature()
+        if signature != self._signature or mult.numel() != self._mult_layers:
+            if self.capturable:
+                self._lrs_to_device_tensors()
+            self._mult_dev = {}
+            self._rebuild_plans()
+            self._signature, self._mult_layers = signature, mult.numel()
+        for buf in self._mult_dev.values():
+            buf.copy_(mult)
+        self._mult_version += 1
+        self._host_due = False
+
+    def _after_step(self) -> None:
+        """Host bookkeeping at the end of every step: called by an eager step, and by the llr_tick op when the
+        graph of a compiled step runs."""
+        if self.capturable and _capturing():  # a capture runs no kernels: each replay is counted by after_replay()
+            return
+        self._llr_step += 1
+        if self._llr.is_update_step(self._llr_step) or self._llr.ramping(self._llr_step):
+            self._host_due = True
+
+    @property
+    def host_work_due(self) -> bool:
+        """True when the next step() has host work (an LLR update, a ramp step, the first step, the first after
+        a state load or add_param_group): it then leaves a compiled graph at ``_host_step`` and cannot be captured
+        in a CUDA graph. Run it eagerly when compiling with fullgraph=True or replaying a captured step. (A step
+        whose set of tensors with grads differs from the previous one also has host work; that is not known
+        before the backward pass.)"""
+        return self._host_due or self._signature is None or len(self.layers) != self._mult_layers
+
+    def after_replay(self) -> bool:
+        """The host bookkeeping of a step that ran as a CUDA-graph replay (a replay runs no Python): advances
+        ``llr_step``. Returns ``host_work_due``: when True, run the next step eagerly, not as a replay."""
+        self._after_step()
+        return self.host_work_due
+
+    def _multipliers_on(self, device: torch.device) -> torch.Tensor:
+        """This step's multipliers (float64, one per layer) on ``device``; written only by ``_host_step``."""
+        key = str(device)
+        buf = self._mult_dev.get(key)
+        if buf is None:
+            buf = self._mult_dev[key] = torch.ones(len(self.layers), dtype=torch.float64, device=device)
+        return buf
+
+    def _group_values(self, key: str, device: torch.device) -> tuple[torch.Tensor, tuple | None]:
+        """(every param group's ``key`` as a float64 (G,) tensor on ``device``, a host token equal between calls
+        when the values are, or None when unknown). Tensor values (capturable LRs, tensor LRs) are gathered on
+        device; float values are uploaded once per change in eager mode, and traced as constants when compiling."""
+        vals = [g[key] for g in self.param_groups]
+        if any(isinstance(v, torch.Tensor) for v in vals):
+            return torch.stack([v.to(device=device, dtype=torch.float64).reshape(()) if isinstance(v, torch.Tensor)
+                                else torch.tensor(float(v), dtype=torch.float64, device=device) for v in vals]), None
+        if torch.compiler.is_compiling():  # ones * value keeps a changing float symbolic (torch.tensor specialises it)
+            one = torch.ones((), dtype=torch.float64, device=device)
+            return torch.stack([one * v for v in vals]), None
+        token = tuple(float(v) for v in vals)
+        hit = self._group_cache.get((key, str(device)))
+        if hit is None or hit[0] != token:
+            hit = self._group_cache[(key, str(device))] = (token, torch.tensor(token, dtype=torch.float64, device=device))
+        return hit[1], token
+
+    def _lrs_to_device_tensors(self) -> None:
+        """capturable=True: a group's float lr becomes a 0-d float64 tensor on its parameters' device (a tensor lr
+        elsewhere is moved there), as torch's tensor LRs: schedulers update it in place (fill_), so a captured step
+        reads the new value."""
+        for g in self.param_groups:
+            if not g["params"]:
+                continue
+            device = g["params"][0].device
+            lr = g["lr"]
+            if not (isinstance(lr, torch.Tensor) and lr.device == device and lr.numel() == 1):
+                g["lr"] = torch.tensor(float(lr), dtype=torch.float64, device=device)
 
     # ----- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state_dict plus an "llr" entry (step, policy, layer names without wrapper levels and
+        shapes): it loads into an optimizer built on the same model under any wrapper (``checkpoint.py``)."""
         sd = super().state_dict()
-        sd["llr"] = {
-            "step": self.llr_step,
-            "policy": self.llr.state_dict(),
-            "layer_names": [l.name for l in self.layers],
-            "hill_status": list(self.hill_status),
-            "update_seconds": self.llr_update_seconds,
-        }
+        sd["llr"] = llr_entry(self)
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict of an LLR optimizer built on the same model (plain, compiled, DDP, FSDP1 or
+        checkpoint-wrapped alike); a mismatch raises ValueError naming the first differing layer."""
         state_dict = dict(state_dict)
         llr = state_dict.pop("llr", None)
         if llr is None:
-            raise ValueError("this state_dict has no 'llr' entry: it was not saved by an LLR optimizer")
-        names = [l.name for l in self.layers]
-        if llr["layer_names"] != names:
-            raise ValueError("the saved LLR layers do not match this optimizer's layers (different model or parameter order)")
+            hint = (" For a torch.optim.AdamW checkpoint use load_torch_state_dict (moments carried over, LLR state "
+                    "fresh)." if hasattr(self, "load_torch_state_dict") else "")
+            raise ValueError("this state_dict has no 'llr' entry: it was not saved by an LLR optimizer." + hint)
+        check_layers(llr, self.layers)
         super().load_state_dict(state_dict)
         self._restore_state_dtypes(state_dict["state"])
         self.llr.load_state_dict(llr["policy"])
         self.llr_step = int(llr["step"])
-        self.hill_status = list(llr["hill_status"])
-        self.llr_update_seconds = float(llr["update_seconds"])
+        self.hill_status = list(llr.get("hill_status") or ["not_measured"] * len(self.layers))
+        self.llr_update_seconds = float(llr.get("update_seconds", 0.0))
         self._on_state_loaded()
 
     def _restore_state_dtypes(self, saved: dict[Any, dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -23,10 +23,12 @@ from torch import nn
 from .._checks import check_bool, check_choice, check_int, check_real
 from ..dispatch import BACKENDS, get_op, has_impl
 from ..layers import MATRIX_KINDS, Classifier, Layer
+from ..ops.custom_ops import muon_apply, muon_momentum
 from ..ops.newton_schulz import newton_schulz, resolve_coefficients
-from ..policy import LLRConfig
+from ..policy import OUTLIER_Z, LLRConfig
 from .adamw import FusedAdamWPart, _is_dtensor, _Launch, validate_adamw_args, validate_step_options
-from .base import LLROptimizer, _normalize_groups, check_backend, check_model_args, classify_named, clip_all_grads
+from .base import (LLROptimizer, _normalize_groups, check_backend, check_model_args, classify_named, clip_all_grads,
+                   warn_unnamed)
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
 _ADAMW_NAMES = {"lr": "adamw_lr", "betas": "adamw_betas", "eps": "adamw_eps", "weight_decay": "adamw_weight_decay"}
@@ -68,25 +70,37 @@ class _Bucket:
 
 @dataclass
 class _MomentumLaunch:
-    members: list[int]
+    members: list[int]  # indices into _MuonPlan.params
     momentum: float
     nesterov: bool
+    backend: str  # the muon_momentum implementation (llr_kernels.dispatch)
+
+
+@dataclass
+class _ApplyLaunch:
+    """muon_apply over the Muon matrices of one device, with per-matrix decay / step-size buffers."""
+
+    params: list[torch.Tensor]
+    ortho_views: list[torch.Tensor]
+    group_index: torch.Tensor  # (N,) long on device
+    layer_index: torch.Tensor  # (N,) long on device
+    ratio: torch.Tensor  # (N,) float64 on device: adjust_lr_ratio of each matrix
+    multipliers: torch.Tensor  # (L,) float64 on device (LLROptimizer._multipliers_on)
+    decays: torch.Tensor  # (N,) 1 - lr_i * wd_i, computed on device every step
+    step_sizes: torch.Tensor  # (N,) lr_i * ratio_i
+    backend: str
+    filled: tuple | None = None  # eager mode: the host values the buffers were last computed from
 
 
 @dataclass
 class _MuonPlan:
     params: list[torch.Tensor]
-    group_index: torch.Tensor  # (N,) long CPU
-    layer_index: torch.Tensor  # (N,) long CPU
-    ratio: torch.Tensor  # (N,) float64 CPU: adjust_lr_ratio of each matrix
+    negate: list[bool]  # maximize, per matrix
     buffers: list[torch.Tensor]  # momentum buffer views
     update_views: list[torch.Tensor]
-    ortho_views: list[torch.Tensor]
     buckets: list[_Bucket]
     momentum_launches: list[_MomentumLaunch]
-    apply_members: dict[torch.device, list[int]]
-    decays: dict[torch.device, torch.Tensor]  # per device: (N_dev,) decay buffers
-    step_sizes: dict[torch.device, torch.Tensor]
+    apply_launches: list[_ApplyLaunch]
 
 
 class LLRMuon(FusedAdamWPart, LLROptimizer):
@@ -111,8 +125,10 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     adamw_betas, adamw_eps, amsgrad, maximize: the AdamW part (maximize also applies to Muon).
     s (default 2, the paper's Muon setting), interval, total_steps, grad_phase, active_until, ramp_steps,
         pin_embedding, pin_lm_head: the LLR policy (``llr_kernels.policy``); with s = 1 this is Muon + AdamW.
-    grad_alpha_source: in the gradient phase, alphas of Muon layers come from the raw gradient ("grad",
-        default) or from the momentum buffer ("momentum", falls back to the gradient before the first step).
+    outlier_z: robust outlier cut of the policy (``llr_kernels.policy.robust_outliers``; None: off).
+    grad_alpha_source: in the gradient phase, alphas come from the raw gradient ("grad", default) or from the
+        first moment ("momentum": the momentum buffer of Muon layers, exp_avg of the AdamW part; the gradient
+        before the first step).
         Default "grad": it is what the paper measures for AdamW too (so alphas do not depend on the optimizer),
         it exists at step 0, when the first (and most consequential) gradient-phase measurement is taken and
         the momentum is still zero, and the EMA of gradients mixes up to ~1/(1-mu) = 20 steps of spectra,
@@ -122,6 +138,8 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     state_dtype: momentum / Adam state dtype; default float32 (float64 for float64 params).
     backend: "auto" | "triton" | "cpp" | "torch" for the elementwise ops (``llr_kernels.dispatch``);
         muon_backend overrides it for the Muon ops only (e.g. "triton" Muon with a "torch" AdamW part).
+    capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
+        so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     FSDP2/DTensor parameters in a Muon group raise NotImplementedError (Newton-Schulz needs whole matrices);
@@ -154,6 +172,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         ramp_steps: int = 0,
         pin_embedding: bool = True,
         pin_lm_head: bool = False,
+        outlier_z: float | None = OUTLIER_Z,
         grad_alpha_source: str = "grad",
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | None = None,
@@ -165,6 +184,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         hill_method: str = "auto",
         hill_variant: str = "paper",
         min_eigs: int = 50,
+        capturable: bool = False,
     ) -> None:
         if adamw_weight_decay is None:
             adamw_weight_decay = weight_decay
@@ -185,13 +205,30 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             betas=tuple(adamw_betas), eps=adamw_eps, amsgrad=amsgrad, maximize=maximize,
         )
         groups = _split_groups(params, model, classify, adamw_lr, adamw_weight_decay)
-        config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head)
+        config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head, outlier_z)
         super().__init__(
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
-            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,
+            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
         )
+        self.grad_alpha_source = grad_alpha_source
+        self.muon_backend = muon_backend
+        self.max_grad_norm = max_grad_norm
+        self.state_dtype = state_dtype
+        self._adamw_lr, self._adamw_weight_decay = adamw_lr, adamw_weight_decay  # for groups added later
+        self._check_groups(list(range(len(self.param_groups))))
+        self.ns_dtype = ns_dtype
+        self.last_grad_norm: torch.Tensor | None = None
+        self._launches: list[_Launch] = []  # AdamW part (FusedAdamWPart)
+        self._signature: tuple | None = None
+        self._muon_plan: _MuonPlan | None = None
+        self._clip_params: list[torch.Tensor] = []
+
+    # ----- groups and layers ------------------------------------------------------------------------
+    def _check_groups(self, group_ids: list[int]) -> None:
+        """Hyperparameters, shapes and backends of these groups (construction and add_param_group)."""
         muon_params, adamw_params = [], []
-        for i, g in enumerate(self.param_groups):
+        for i in group_ids:
+            g = self.param_groups[i]
             where = f"param group {i}: "
             if g["use_muon"]:
                 _validate_muon_args(g["lr"], g["weight_decay"], g["momentum"], g["nesterov"], g["ns_coefficients"],
@@ -212,7 +249,8 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             else:
                 validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"], where=where)
                 adamw_params += g["params"]
-        validate_step_options(max_grad_norm, state_dtype, muon_params + adamw_params)
+        backend, muon_backend = self.backend, self.muon_backend
+        validate_step_options(self.max_grad_norm, self.state_dtype, muon_params + adamw_params)
         if muon_backend is None and backend not in ("auto", "torch") and muon_params and not has_impl("muon_apply", backend):
             raise ValueError(
                 f"backend={backend!r} has no Muon kernels (muon_momentum, muon_apply); pass muon_backend='torch' or "
@@ -221,30 +259,17 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         check_backend("backend", backend, ("adamw_step",), adamw_params)
         check_backend("muon_backend" if muon_backend is not None else "backend", muon_backend or backend,
                       ("muon_momentum", "muon_apply"), muon_params)
-        self.grad_alpha_source = grad_alpha_source
-        self.muon_backend = muon_backend
-        self.max_grad_norm = max_grad_norm
-        self.state_dtype = state_dtype
-        self.ns_dtype = ns_dtype
-        self.last_grad_norm: torch.Tensor | None = None
-        self._launches: list[_Launch] = []  # AdamW part (FusedAdamWPart)
-        self._signature: tuple | None = None
-        self._muon_plan: _MuonPlan | None = None
-        self._muon_signature: tuple | None = None
 
-    # ----- groups and layers ------------------------------------------------------------------------
+    def _expand_added_group(self, group: dict[str, Any], layers: list[Layer]) -> list[dict[str, Any]]:
+        """An added group is split like the constructor's (``_split_group``): no use_muon, a Muon and an AdamW part."""
+        eligible = {id(l.param) for l in layers if muon_eligible(l)}
+        return _split_group(group, lambda p: id(p) in eligible, self._adamw_lr, self._adamw_weight_decay)
+
     def muon_group_ids(self) -> list[int]:
         return [i for i, g in enumerate(self.param_groups) if g["use_muon"]]
 
     def adamw_group_ids(self) -> list[int]:
         return [i for i, g in enumerate(self.param_groups) if not g["use_muon"]]
-
-    def _spectral_matrix(self, layer: Layer, source: str) -> torch.Tensor | None:
-        if source == "grad" and self.grad_alpha_source == "momentum":
-            buf = self.state.get(layer.param, {}).get("momentum_buffer")
-            if buf is not None:
-                return buf
-        return super()._spectral_matrix(layer, source)
 
     def layer_stats(self) -> list[dict[str, Any]]:
         """LLROptimizer.layer_stats plus "optimizer" ("muon" / "adamw") and "update_lr" (with Muon's shape factor)."""
@@ -258,8 +283,16 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         return stats
 
     # ----- the Muon plan ----------------------------------------------------------------------------
+    def _adamw_group_ids(self) -> list[int]:
+        return self.adamw_group_ids()
+
+    def _rebuild_plans(self) -> None:
+        self._build_muon_plan(self._active(self.muon_group_ids()))
+        self._build_launches(self._active(self.adamw_group_ids()))
+        self._clip_params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
     def _build_muon_plan(self, active: list[tuple[int, torch.Tensor]]) -> None:
-        """Bucket the stepping Muon matrices by shape and allocate batch buffers (only when the set changes)."""
+        """Bucket the stepping Muon matrices by shape and allocate batch buffers (when the set changes: host work)."""
         params = [p for _, p in active]
         groups = [self.param_groups[gi] for gi, _ in active]
         buffers: list[torch.Tensor | None] = [None] * len(params)
@@ -285,104 +318,85 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                 buffers[i], update_views[i], ortho_views[i] = mom[j], upd[j], ortho[j]
             g = groups[members[0]]
             buckets.append(_Bucket(members, upd, ortho, g["ns_coefficients"], g["ns_steps"], float(g["ns_eps"])))
+        backend = self.muon_backend or self.backend
         launches: dict[tuple, list[int]] = {}
-        apply_members: dict[torch.device, list[int]] = {}
+        by_device: dict[torch.device, list[int]] = {}
         for i, (p, g) in enumerate(zip(params, groups)):
             launches.setdefault((p.device, float(g["momentum"]), bool(g["nesterov"])), []).append(i)
-            apply_members.setdefault(p.device, []).append(i)
-        decays, step_sizes = {}, {}
-        for device, members in apply_members.items():
-            backend, _ = get_op("muon_apply", self._elementwise_backend(device, members, params), device)
-            buf_dtype = torch.float64 if backend == "torch" else torch.float32
-            decays[device] = torch.zeros(len(members), dtype=buf_dtype, device=device)
-            step_sizes[device] = torch.zeros(len(members), dtype=buf_dtype, device=device)
+            by_device.setdefault(p.device, []).append(i)
+        momentum_launches = [_MomentumLaunch(m, mu, nest, get_op("muon_momentum", backend, device)[0])
+                             for (device, mu, nest), m in launches.items()]
+        apply_launches = []
+        for device, members in by_device.items():
+            chosen, _ = get_op("muon_apply", backend, device)
+            buf_dtype = torch.float64 if chosen == "torch" else torch.float32
+            ratios = [adjust_lr_ratio(groups[i]["adjust_lr_fn"], self.layers[self.layer_of(params[i])].logical_shape)
+                      for i in members]  # logical (out, in) shapes: Hugging Face Conv1D weights are stored transposed
+            apply_launches.append(_ApplyLaunch(
+                params=[params[i] for i in members],
+                ortho_views=[ortho_views[i] for i in members],  # type: ignore[misc]
+                group_index=torch.tensor([active[i][0] for i in members], dtype=torch.long, device=device),
+                layer_index=torch.tensor([self.layer_of(params[i]) for i in members], dtype=torch.long, device=device),
+                ratio=torch.tensor(ratios, dtype=torch.float64, device=device),
+                multipliers=self._multipliers_on(device),
+                decays=torch.zeros(len(members), dtype=buf_dtype, device=device),
+                step_sizes=torch.zeros(len(members), dtype=buf_dtype, device=device),
+                backend=chosen,
+            ))
         self._muon_plan = _MuonPlan(
             params=params,
-            group_index=torch.tensor([gi for gi, _ in active], dtype=torch.long),
-            layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long),
-            ratio=torch.tensor(
-                [adjust_lr_ratio(g["adjust_lr_fn"], self.layers[self.layer_of(p)].logical_shape) for p, g in zip(params, groups)],
-                dtype=torch.float64,
-            ),  # logical (out, in) shapes: Hugging Face Conv1D weights are stored transposed
+            negate=[bool(g["maximize"]) for g in groups],
             buffers=buffers,  # type: ignore[arg-type]
             update_views=update_views,  # type: ignore[arg-type]
-            ortho_views=ortho_views,  # type: ignore[arg-type]
             buckets=buckets,
-            momentum_launches=[_MomentumLaunch(m, mu, nest) for (_, mu, nest), m in launches.items()],
-            apply_members=apply_members,
-            decays=decays,
-            step_sizes=step_sizes,
+            momentum_launches=momentum_launches,
+            apply_launches=apply_launches,
         )
 
-    def _elementwise_backend(self, device: torch.device, members: list[int], params: list[torch.Tensor]) -> str:
-        """The requested backend, except that non-contiguous params fall back to torch under "auto"."""
-        backend = self.muon_backend or self.backend
-        if backend == "auto" and not all(params[i].is_contiguous() for i in members):
-            return "torch"
-        return backend
-
     def _on_state_loaded(self) -> None:
-        super()._on_state_loaded()
-        self._muon_signature = None  # buffers are rebuilt over (and filled from) the loaded state
+        super()._on_state_loaded()  # the plans are rebuilt over (and filled from) the loaded state
 
     # ----- the step ---------------------------------------------------------------------------------
-    def _muon_step(self, multipliers: torch.Tensor, active: list[tuple[int, torch.Tensor]]) -> None:
-        signature = tuple((gi, id(p)) for gi, p in active)
-        if signature != self._muon_signature:
-            self._build_muon_plan(active)
-            self._muon_signature = signature
+    def _fill_apply_buffers(self, a: _ApplyLaunch) -> None:
+        """decay_i = 1 - lr_i wd_i and step_i = lr_i ratio_i with lr_i = group lr x multiplier, on device (eager:
+        only when a group value or the multipliers changed)."""
+        device = a.decays.device
+        group_lr, lr_token = self._group_values("lr", device)
+        group_wd, wd_token = self._group_values("weight_decay", device)
+        key = None if lr_token is None or wd_token is None else (lr_token, wd_token, self._mult_version)
+        if key is not None and key == a.filled:
+            return
+        lr = group_lr[a.group_index] * a.multipliers[a.layer_index]
+        a.decays.copy_(1.0 - lr * group_wd[a.group_index])
+        a.step_sizes.copy_(lr * a.ratio)
+        a.filled = key
+
+    def _muon_step(self) -> None:
         plan = self._muon_plan
-        if plan is None or not active:
+        if plan is None or not plan.params:
             return
         grads = []
-        for gi, p in active:
-            g = p.grad
-            if self.param_groups[gi]["maximize"]:
-                g = -g
+        for p, negate in zip(plan.params, plan.negate):
+            g = -p.grad if negate else p.grad
             grads.append(g if g.is_contiguous() else g.contiguous())
         # 1. momentum / Nesterov, writing the Newton-Schulz inputs into the bucket buffers
         for launch in plan.momentum_launches:
-            device = plan.params[launch.members[0]].device
-            _, op = get_op("muon_momentum", self._elementwise_backend(device, launch.members, plan.params), device)
-            op(
-                [grads[i] for i in launch.members],
-                [plan.buffers[i] for i in launch.members],
-                [plan.update_views[i] for i in launch.members],
-                momentum=launch.momentum,
-                nesterov=launch.nesterov,
-            )
+            muon_momentum([grads[i] for i in launch.members], [plan.buffers[i] for i in launch.members],
+                          [plan.update_views[i] for i in launch.members], launch.momentum, launch.nesterov,
+                          launch.backend)
         # 2. Newton-Schulz, one batch per shape bucket
         for b in plan.buckets:
             newton_schulz(b.updates, b.coefficients, b.steps, eps=b.eps, dtype=self.ns_dtype, out=b.ortho, overwrite_input=True)
         # 3. decoupled weight decay + update with each matrix's LR
-        group_lr = torch.tensor([float(g["lr"]) for g in self.param_groups], dtype=torch.float64)
-        group_wd = torch.tensor([float(g["weight_decay"]) for g in self.param_groups], dtype=torch.float64)
-        lr = group_lr[plan.group_index] * multipliers[plan.layer_index]
-        decay = 1.0 - lr * group_wd[plan.group_index]
-        step = lr * plan.ratio
-        for device, members in plan.apply_members.items():
-            idx = torch.tensor(members, dtype=torch.long)
-            plan.decays[device].copy_(decay[idx], non_blocking=True)
-            plan.step_sizes[device].copy_(step[idx], non_blocking=True)
-            _, op = get_op("muon_apply", self._elementwise_backend(device, members, plan.params), device)
-            op([plan.params[i] for i in members], [plan.ortho_views[i] for i in members], plan.decays[device], plan.step_sizes[device])
+        for a in plan.apply_launches:
+            self._fill_apply_buffers(a)
+            muon_apply(a.params, a.ortho_views, a.decays, a.step_sizes, self.capturable, a.backend)
 
-    def _step_params(self, multipliers: torch.Tensor) -> None:
-        muon_ids = self.muon_group_ids()
-        active = []
-        for gi in muon_ids:
-            for p in self.param_groups[gi]["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LLRMuon does not support sparse gradients")
-                active.append((gi, p))
-        if self.max_grad_norm is not None:
-            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-            if params:
-                self.last_grad_norm = clip_all_grads(params, self.max_grad_norm)
-        self._muon_step(multipliers, active)
-        self._adamw_step(multipliers, self.adamw_group_ids(), None)
+    def _step_params(self) -> None:
+        if self.max_grad_norm is not None and self._clip_params:
+            self.last_grad_norm = clip_all_grads(self._clip_params, self.max_grad_norm)
+        self._muon_step()
+        self._adamw_step(None)
 
 
 def _validate_muon_args(lr: Any, weight_decay: Any, momentum: Any, nesterov: Any, ns_coefficients: Any, ns_steps: Any,
@@ -398,48 +412,44 @@ def _validate_muon_args(lr: Any, weight_decay: Any, momentum: Any, nesterov: Any
         check_choice(where + "adjust_lr_fn", adjust_lr_fn, ADJUST_LR_FNS, hint=" or None (= 'original')")
 
 
+def _split_group(group: dict, eligible: Callable[[torch.Tensor], bool], adamw_lr: Any, adamw_wd: Any) -> list[dict]:
+    """One param group of tensors as LLRMuon groups, each with a "use_muon" flag: use_muon=True / False keep
+    the group (an AdamW group takes "adamw_lr" / "adamw_weight_decay" unless it sets "lr" / "weight_decay");
+    without use_muon the eligible matrices form a Muon group ("lr", "weight_decay") and the rest an AdamW group
+    ("adamw_lr", "adamw_weight_decay", else the optimizer's)."""
+    opts = {k: v for k, v in group.items() if k not in ("params", "adamw_lr", "adamw_weight_decay")}
+    a_lr, a_wd = group.get("adamw_lr", adamw_lr), group.get("adamw_weight_decay", adamw_wd)
+    use = group.get("use_muon")
+    ps = list(group["params"])
+    if use is True:
+        return [{**opts, "params": ps}]
+    if use is False:
+        return [{**opts, "lr": group.get("lr", a_lr), "weight_decay": group.get("weight_decay", a_wd), "params": ps}]
+    if use is not None:
+        raise ValueError(f"a param group's use_muon must be True, False or absent, got {use!r}")
+    out = []
+    muon = [p for p in ps if eligible(p)]
+    rest = [p for p in ps if not eligible(p)]
+    if muon:
+        out.append({**opts, "use_muon": True, "params": muon})
+    if rest:
+        adam_opts = {k: v for k, v in opts.items() if k not in ("lr", "weight_decay")}
+        out.append({**adam_opts, "use_muon": False, "lr": a_lr, "weight_decay": a_wd, "params": rest})
+    return out
+
+
 def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | None, adamw_lr: float, adamw_wd: float) -> list[dict]:
-    """Param groups with a "use_muon" flag each, holding (name, tensor) pairs so names survive."""
-    raw_is_groups = not isinstance(params, (nn.Module, torch.Tensor))
-    if raw_is_groups:
-        params = list(params)
-        raw_is_groups = bool(params) and isinstance(params[0], dict)
-    groups, named = _normalize_groups(params, model)
+    """Param groups with a "use_muon" flag each (``_split_group``), holding (name, tensor) pairs so names survive.
+    A model or a flat list is one group without use_muon."""
+    groups, named, unnamed = _normalize_groups(params, model)
+    warn_unnamed(unnamed, "LLRMuon")
     layers = classify_named(named, model if model is not None else (params if isinstance(params, nn.Module) else None), classify)
-    layer_of = {id(l.param): l for l in layers}
-    name_of = {}
+    eligible = {id(l.param) for l in layers if muon_eligible(l)}
+    name_of: dict[int, str] = {}
     for n, p in named:
         name_of.setdefault(id(p), n)
-
-    def pairs(ps: list[torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-        return [(name_of[id(p)], p) for p in ps]
-
     out: list[dict] = []
-    if not raw_is_groups:
-        ps = groups[0]["params"]
-        muon = [p for p in ps if muon_eligible(layer_of[id(p)])]
-        rest = [p for p in ps if not muon_eligible(layer_of[id(p)])]
-        if muon:
-            out.append({"params": pairs(muon), "use_muon": True})
-        if rest:
-            out.append({"params": pairs(rest), "use_muon": False, "lr": adamw_lr, "weight_decay": adamw_wd})
-        return out
     for g in groups:
-        opts = {k: v for k, v in g.items() if k not in ("params", "adamw_lr", "adamw_weight_decay")}
-        a_lr, a_wd = g.get("adamw_lr", adamw_lr), g.get("adamw_weight_decay", adamw_wd)
-        use = g.get("use_muon")
-        if use is True:
-            out.append({**opts, "params": pairs(g["params"])})
-        elif use is False:
-            out.append({**opts, "lr": g.get("lr", a_lr), "weight_decay": g.get("weight_decay", a_wd), "params": pairs(g["params"])})
-        elif use is None:
-            muon = [p for p in g["params"] if muon_eligible(layer_of[id(p)])]
-            rest = [p for p in g["params"] if not muon_eligible(layer_of[id(p)])]
-            if muon:
-                out.append({**opts, "use_muon": True, "params": pairs(muon)})
-            if rest:
-                adam_opts = {k: v for k, v in opts.items() if k not in ("lr", "weight_decay")}
-                out.append({**adam_opts, "use_muon": False, "lr": a_lr, "weight_decay": a_wd, "params": pairs(rest)})
-        else:
-            raise ValueError(f"a param group's use_muon must be True, False or absent, got {use!r}")
+        for part in _split_group(g, lambda p: id(p) in eligible, adamw_lr, adamw_wd):
+            out.append({**part, "params": [(name_of[id(p)], p) for p in part["params"]]})
     return out

@@ -1,0 +1,137 @@
+"""Checkpoints of LLR optimizers: the "llr" entry's layer check, and starting from a torch.optim.AdamW checkpoint.
+
+``state_dict()["llr"]`` names every layer without wrapper levels (``wrappers.normalize_name``), so a checkpoint
+saved by an optimizer built on ``torch.compile(model)`` or ``DDP(model)`` loads into one built on the plain
+model and back. Format history: 1 (no "format" key: names as the model spelled them, no shapes) and 2
+(normalised names, "layer_shapes"); both load, names of either are compared after normalisation.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..layers import Layer
+from .wrappers import normalize_name
+
+if TYPE_CHECKING:
+    from .base import LLROptimizer
+
+FORMAT = 2
+# torch.optim group keys that select torch's implementation, not hyperparameters: never copied into ours.
+_TORCH_IMPL_KEYS = frozenset({"params", "param_names", "foreach", "fused", "capturable", "differentiable"})
+
+
+def check_layers(saved: dict[str, Any], layers: list[Layer]) -> None:
+    """Raise ValueError naming the first layer where the checkpoint's "llr" entry and ``layers`` differ."""
+    fmt = saved.get("format", 1)
+    if not isinstance(fmt, int) or fmt > FORMAT:
+        raise ValueError(f"this checkpoint's LLR state has format {fmt!r}, newer than this llr_kernels reads "
+                         f"({FORMAT}); upgrade llr_kernels to load it")
+    names = saved.get("layer_names")
+    if names is None:
+        raise ValueError("this checkpoint's 'llr' entry has no 'layer_names', so it cannot be matched to this "
+                         "optimizer's layers; it was not written by LLROptimizer.state_dict()")
+    theirs = [normalize_name(n) for n in names]
+    mine = [normalize_name(l.name) for l in layers]
+    shapes = saved.get("layer_shapes")
+    for i in range(max(len(theirs), len(mine))):
+        a = theirs[i] if i < len(theirs) else None
+        b = mine[i] if i < len(mine) else None
+        if a != b:
+            raise ValueError(
+                f"the checkpoint's LLR layers do not match this optimizer's: layer {i} is "
+                f"{a if a is None else repr(a)} in the checkpoint but {b if b is None else repr(b)} here "
+                f"({len(theirs)} layers saved, {len(mine)} here; names compared without wrapper levels such as "
+                "'_orig_mod.' and 'module.'). Build the optimizer on the same model, with the same parameters in the "
+                "same order, as the one that saved the checkpoint"
+            )
+        if shapes is not None and tuple(shapes[i]) != tuple(layers[i].shape):
+            raise ValueError(
+                f"the checkpoint's LLR layer {i} ({a!r}) has shape {tuple(shapes[i])} but this optimizer's has "
+                f"{tuple(layers[i].shape)}: the checkpoint belongs to a model of another size"
+            )
+
+
+def llr_entry(opt: "LLROptimizer") -> dict[str, Any]:
+    """The "llr" entry of ``opt.state_dict()``."""
+    return {
+        "format": FORMAT,
+        "step": opt.llr_step,
+        "policy": opt.llr.state_dict(),
+        "layer_names": [normalize_name(l.name) for l in opt.layers],
+        "layer_shapes": [list(l.shape) for l in opt.layers],
+        "hill_status": list(opt.hill_status),
+        "update_seconds": opt.llr_update_seconds,
+    }
+
+
+def load_torch_adamw(opt: "LLROptimizer", state_dict: dict[str, Any], llr_step: int | None = None) -> None:
+    """Load a ``torch.optim.AdamW`` (or Adam) state_dict into ``opt``, built on the same param groups.
+
+    Moments (exp_avg, exp_avg_sq, max_exp_avg_sq) and per-parameter step counters are carried over (moments in
+    ``opt``'s state dtype), group hyperparameters too (lr, betas, eps, weight_decay, ..., initial_lr of a
+    scheduler), as torch's load_state_dict does; the LLR state starts fresh (no alphas; multipliers 1, pinned
+    layers s) at ``llr_step`` (default: the checkpoint's largest step count, so grad_phase / active_until / the
+    interval keep counting training steps).
+    """
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError("load_torch_state_dict expects a torch.optim state_dict (with 'state' and 'param_groups')")
+    if "llr" in state_dict:
+        raise ValueError("this is an LLR optimizer checkpoint (it has an 'llr' entry); load it with load_state_dict")
+    saved_groups = state_dict["param_groups"]
+    sizes_saved = [len(g["params"]) for g in saved_groups]
+    sizes_mine = [len(g["params"]) for g in opt.param_groups]
+    if sizes_saved != sizes_mine:
+        raise ValueError(
+            f"the torch optimizer checkpoint has param groups of sizes {sizes_saved}, this optimizer {sizes_mine}: "
+            "build it on the same param groups (same parameters in the same order) as the torch optimizer"
+        )
+    for i, (gs, g) in enumerate(zip(saved_groups, opt.param_groups)):
+        for j, (name, p) in enumerate(zip(gs.get("param_names") or [None] * len(g["params"]), g["params"])):
+            layer = opt.layers[opt.layer_of(p)]
+            if name is not None and normalize_name(name) not in {normalize_name(n) for n in [layer.name, *layer.aliases]}:
+                raise ValueError(f"parameter {j} of param group {i} is {name!r} in the torch checkpoint but "
+                                 f"{layer.name!r} here: build the optimizer on the same parameters in the same order "
+                                 "as the torch optimizer")
+    from .adamw import validate_adamw_args
+
+    merged = []  # group hyperparameters as torch's load_state_dict sets them: from the checkpoint
+    for i, (gs, g) in enumerate(zip(saved_groups, opt.param_groups)):
+        m = {**g, **{k: v for k, v in gs.items() if k not in _TORCH_IMPL_KEYS and (k in g or k == "initial_lr")}}
+        validate_adamw_args(m["lr"], m["betas"], m["eps"], m["weight_decay"], m["amsgrad"], m["maximize"],
+                            where=f"torch checkpoint, param group {i}: ")
+        merged.append(m)
+    new_state: dict[torch.Tensor, dict[str, Any]] = {}
+    steps = [0]
+    for gs, m in zip(saved_groups, merged):
+        for idx, p in zip(gs["params"], m["params"]):
+            st = state_dict["state"].get(idx)
+            if not st:
+                continue
+            missing = {"step", "exp_avg", "exp_avg_sq"} - st.keys()
+            if missing:
+                raise ValueError(f"parameter {idx} of the checkpoint has state {sorted(st)}, not AdamW's (missing "
+                                 f"{sorted(missing)}): load_torch_state_dict reads torch.optim.AdamW / Adam checkpoints")
+            if tuple(st["exp_avg"].shape) != tuple(p.shape):
+                raise ValueError(f"parameter {idx} has exp_avg of shape {tuple(st['exp_avg'].shape)} in the checkpoint "
+                                 f"but shape {tuple(p.shape)} here: the checkpoint belongs to another model")
+            sdt = opt.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
+            step = float(st["step"])
+            steps.append(int(step))
+            entry = {
+                "step": torch.tensor(step, dtype=torch.float32),
+                "exp_avg": st["exp_avg"].to(device=p.device, dtype=sdt, copy=True),
+                "exp_avg_sq": st["exp_avg_sq"].to(device=p.device, dtype=sdt, copy=True),
+            }
+            if m["amsgrad"]:
+                saved_max = st.get("max_exp_avg_sq")
+                entry["max_exp_avg_sq"] = (torch.zeros_like(entry["exp_avg_sq"]) if saved_max is None
+                                           else saved_max.to(device=p.device, dtype=sdt, copy=True))
+            new_state[p] = entry
+    for g, m in zip(opt.param_groups, merged):
+        g.update(m)
+    opt.state.clear()
+    opt.state.update(new_state)
+    opt.reset_llr(max(steps) if llr_step is None else int(llr_step))
+    opt._on_state_loaded()

@@ -1,0 +1,79 @@
+"""``python -m llr_kernels.info`` and ``_ext.status()``: which extension the "cpp" backend would use, and why not.
+
+Each state is set up from the outside (environment, an empty or filled cache directory, a missing compiler) and
+the status must name it, without building or loading anything.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import llr_kernels._ext as ext
+from llr_kernels import info
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def fresh_ext(monkeypatch, tmp_path):
+    """The extension as if this process had not touched it yet, with an empty JIT cache under tmp_path."""
+    monkeypatch.setattr(ext, "_module", None)
+    monkeypatch.setattr(ext, "_tried", False)
+    monkeypatch.delenv("LLR_DISABLE_EXT", raising=False)
+    monkeypatch.setenv("LLR_KERNELS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_status_names_each_state_without_building(fresh_ext, monkeypatch):
+    st = ext.status()
+    assert st["state"] == "jit_build" and "first use builds" in st["detail"]
+    assert st["cache_dir"].startswith(str(fresh_ext)) and not fresh_ext.exists()  # nothing was built or created
+    assert st["sources"] == os.path.join(ROOT, "llr_kernels", "csrc") and os.path.isfile(os.path.join(st["sources"], "bindings.cpp"))
+
+    # the documented cache layout: <cache>/<torch-python-flavour tag>/<digest>/llr_kernels_C_<digest>.so
+    os.makedirs(st["cache_dir"])
+    built = os.path.join(st["cache_dir"], f"llr_kernels_C_{os.path.basename(st['cache_dir'])}.so")
+    open(built, "wb").close()
+    assert ext.status() == {**st, "state": "jit_cached", "detail": built}
+
+    os.remove(built)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    st2 = ext.status()
+    assert st2["state"] == "unavailable" and "no C++ compiler ('/nonexistent/c++' not on PATH; set CXX)" in st2["detail"]
+
+    monkeypatch.setenv("LLR_DISABLE_EXT", "1")
+    assert ext.status()["detail"] == "disabled by LLR_DISABLE_EXT=1"
+
+    monkeypatch.setattr(ext, "_module", sys)  # any module: "loaded" reports its file
+    assert ext.status()["state"] == "loaded"
+
+
+def test_status_reports_a_stale_or_current_ahead_of_time_build(fresh_ext, monkeypatch):
+    class FakeC:
+        __file__ = "/site-packages/llr_kernels/_C.so"
+        with_cuda = False
+        source_digest = "d0000000000000000"
+
+    monkeypatch.setitem(sys.modules, "llr_kernels._C", FakeC)
+    st = ext.status()
+    assert st["state"] == "jit_build" and "ahead-of-time build not used: /site-packages/llr_kernels/_C.so was built " \
+        "from other sources" in st["detail"]
+    FakeC.source_digest = f"d{ext.source_digest(False)}"  # what setup.py compiles in (-DLLR_SOURCE_DIGEST)
+    assert ext.status() == {**st, "state": "aot", "detail": "/site-packages/llr_kernels/_C.so (CPU only)"}
+
+
+def test_info_prints_the_extension_state_and_the_backend_table(tmp_path):
+    env = {**os.environ, "LLR_DISABLE_EXT": "1", "LLR_KERNELS_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "llr_kernels.info"], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "C++ extension: unavailable (disabled by LLR_DISABLE_EXT=1)" in out.stdout
+    assert f"JIT cache: {tmp_path}" in out.stdout
+    assert "adamw_step     auto -> torch" in out.stdout and "cpp: the C++ extension is unavailable" in out.stdout
+    quick = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=300)
+    assert quick.returncode == 0 and "C++ extension:" in quick.stdout and "[cpu]" not in quick.stdout
+    assert info.main(["--bogus"]) == 2
