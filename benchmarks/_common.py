@@ -319,8 +319,9 @@ def machine_busy_seconds() -> float | None:
 
 
 def own_cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process and of its finished (waited-for) children, e.g. the ranks a benchmark spawns."""
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
 class LoadedMachine(SystemExit):
@@ -352,6 +353,9 @@ class LoadGuard:
     allow_loaded: bool = False
     max_load: float = MAX_LOAD
     record: dict[str, Any] = field(default_factory=dict)
+    # runnable threads the benchmark itself kept busy at the end, when more than its CPU use shows (ranks
+    # oversubscribing the cores: each counts in the load average, but they share the cores' CPU seconds)
+    own_runnable: float | None = None
 
     def start(self) -> None:
         self._t0, self._own0, self._busy0 = time.perf_counter(), own_cpu_seconds(), machine_busy_seconds()
@@ -368,7 +372,7 @@ class LoadGuard:
         wall = time.perf_counter() - self._t0
         own = own_cpu_seconds() - self._own0
         busy1 = machine_busy_seconds()
-        own_threads = own / wall if wall > 0 else 0.0
+        own_threads = max(own / wall if wall > 0 else 0.0, self.own_runnable or 0.0)
         load_end = loadavg()
         weight = 1.0 - math.exp(-wall / 60.0)
         others_end = None if load_end is None else load_end - own_threads * weight

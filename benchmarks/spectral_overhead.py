@@ -6,8 +6,8 @@ the 32000 x h embedding, through:
   svdvals_loop  the public LLR code's way: an fp32 copy of each matrix, ``torch.linalg.svdvals`` one matrix
                 at a time, then Eq. 2 from the squared singular values (fp32, on the device);
   exact         ``llr_kernels.hill_alpha(method="exact")``;
-  lanczos       ``hill_alpha(method="lanczos")`` (SLQ; --probes x --steps);
-  auto          ``hill_alpha(method="auto")``, what the optimizers call.
+  lanczos       ``hill_alpha(method="lanczos")`` (SLQ; --probes x --steps; with --target-error, adaptive);
+  auto          ``hill_alpha(method="auto")``, what the optimizers call (cost model: spectral/fast.py).
 
 Each method's alphas are compared with float64 Eq. 2 (float64 Gram eigenvalues, written out in
 ``_common.eq2_alpha_float64``): max |d alpha|, RMS and max relative error. Before timing, every method is run
@@ -151,8 +151,24 @@ def call_method(method: str, mats: list[torch.Tensor], args) -> tuple[torch.Tens
     if method == "exact":
         return hill_alpha(mats, method="exact", min_eigs=MIN_EIGS), {}
     rep: dict = {}
-    out = hill_alpha(mats, method=method, min_eigs=MIN_EIGS, probes=args.probes, steps=args.steps, report=rep)
+    out = hill_alpha(mats, method=method, min_eigs=MIN_EIGS, probes=args.probes, steps=args.steps, report=rep,
+                     target_error=getattr(args, "target_error", None))
     return out, rep
+
+
+def count_launches(fn, device: torch.device) -> int:
+    """Kernel launches of one call (CUDA: kernels in a torch.profiler trace; CPU: the ATen operators it runs,
+    the closest CPU analogue: both stay flat in the number of layers when the work is batched)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        C.sync(device)
+    events = prof.events()
+    if device.type == "cuda":
+        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
 
 
 def tolerance(method: str, chosen: str | None, device: torch.device) -> float:
@@ -229,6 +245,9 @@ def measure_group(label: str, mats: list[torch.Tensor], device, args, budget: C.
                        pct_of_500_steps=100 * t.min / (500 * step_s))
             if device.type == "cuda":
                 rec["peak_extra_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            elif rep.get("peak_extra_bytes_est") is not None:  # CPU: the pipeline's own accounting of its buffers
+                rec["peak_extra_mib"] = rep["peak_extra_bytes_est"] / 2**20
+            rec["launches"] = count_launches(lambda: call_method(method, mats, args), device)
             if rep.get("method"):
                 rec["chosen"] = {m: rep["method"].count(m) for m in set(rep["method"]) if m}
             if "stderr" in rep and rep["stderr"] is not None:
@@ -351,6 +370,17 @@ def markdown(res: dict, machine: dict, load: dict) -> str:
     if machine.get("gpu"):
         notes.append(f"- GPU target (DESIGN.md): max |d alpha| <= {GPU_TARGET_ABS} against float64 Eq. 2; 1B hidden "
                      "alphas <= 50 ms; >= 50x the svdvals loop; 7B <= 0.5 s")
+    lines += ["", "Launches (CUDA: kernels; CPU: top-level ATen operators) and peak extra memory (CUDA: measured; CPU: "
+              "the pipeline's estimate of its buffers) per call:", "",
+              "| model | group | method | launches | peak extra MiB |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        for grp in ("hidden", "embedding"):
+            g = r.get(grp) or {}
+            for m in meths:
+                x = g.get(m) or {}
+                if "launches" in x:
+                    mib = x.get("peak_extra_mib")
+                    lines.append(f"| {r['model']} | {grp} | {m} | {x['launches']} | {'-' if mib is None else f'{mib:.0f}'} |")
     lines += [""] + notes
     return "\n".join(lines) + "\n"
 
@@ -364,6 +394,9 @@ def main() -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--probes", type=int, default=32)
     p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--target-error", type=float, default=None,
+                   help="hill_alpha(target_error=...) for lanczos and auto: refine SLQ or hand matrices to exact until "
+                        "|d alpha| <= this (default: the fixed --probes x --steps budget)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per batched method (default 1 CPU, 3 CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-public", action="store_true", help="skip the svdvals loop")

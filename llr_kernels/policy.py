@@ -224,4 +224,7 @@ class LLRPolicy:
         self.last_source = state["last_source"]
         self.num_updates = state["num_updates"]
         outliers = state.get("outliers")  # absent from checkpoints written before the outlier rule
+        if outliers is not None and outliers.numel() != self.num_layers:
+            raise ValueError(f"LLR state's outlier mask has {outliers.numel()} entries but this optimizer has "
+                             f"{self.num_layers} layers; was it saved for another model?")
         self.outliers = torch.zeros(self.num_layers, dtype=torch.bool) if outliers is None else outliers.cpu().bool().clone()

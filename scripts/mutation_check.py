@@ -10,6 +10,7 @@ when the tests fail, *survived* when they pass. The checkout itself is never mod
     python scripts/mutation_check.py                 # every mutant (about an hour on 2 cores)
     python scripts/mutation_check.py --list          # names, files and test groups
     python scripts/mutation_check.py -k policy -k hill --timeout 600
+    python scripts/mutation_check.py --skip cpp --no-baseline   # all but the C++ mutants, without the unmutated run
 
 Mutants of llr_kernels/csrc/ rebuild the C++ extension into a scratch cache (minutes each); the others run with
 LLR_DISABLE_EXT=1 unless they target the C++ backend's Python side (then the normal cache is reused).
@@ -40,6 +41,11 @@ TESTS = {
     "adamw_kernel": ["tests/test_adamw_kernels.py", "tests/test_optim_table.py"],
     "muon_kernel": ["tests/test_muon.py", "tests/test_optim_table.py"],
     "capturable": ["tests/test_capturable.py", "tests/test_compile.py"],
+    "robust": ["tests/test_robustness.py", "tests/test_policy.py"],
+    "hill_rank": ["tests/test_hill.py", "tests/test_robustness.py", "tests/test_spectral_props.py", "tests/test_spectral_fast.py"],
+    "ckpt": ["tests/test_checkpoint_portability.py", "tests/test_trainer.py"],
+    "add_group": ["tests/test_add_param_group.py", "tests/test_trainer.py"],
+    "noncontig": ["tests/test_noncontiguous.py"],
 }
 
 
@@ -152,8 +158,8 @@ MUTANTS: list[Mutant] = [
     # ----- shared LLR logic (base) --------------------------------------------------------------------
     Mutant("base-ignores-hill_method", BASE, "self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs",
            "self.hill_method, self.hill_variant, self.min_eigs = \"exact\", hill_variant, min_eigs", "optim"),
-    Mutant("base-pin-embedding-ignored", BASE, "(l.kind == \"embedding\" and llr.pin_embedding)", "(l.kind == \"embedding\" and False)", "optim"),
-    Mutant("base-pin-lm-head-always", BASE, "(l.kind == \"lm_head\" and llr.pin_lm_head)", "(l.kind == \"lm_head\")", "optim"),
+    Mutant("base-pin-embedding-ignored", BASE, "(l.kind == \"embedding\" and config.pin_embedding)", "(l.kind == \"embedding\" and False)", "optim"),
+    Mutant("base-pin-lm-head-always", BASE, "(l.kind == \"lm_head\" and config.pin_lm_head)", "(l.kind == \"lm_head\")", "optim"),
     Mutant("base-measures-after-the-step", BASE, "mult = self.llr.multipliers(t).to(torch.float64)",
            "mult = self.llr.start.to(torch.float64)", "optim"),  # the update step keeps the old multipliers
     # ----- the LR map (Eq. 3), NaN handling -----------------------------------------------------------
@@ -185,10 +191,11 @@ MUTANTS: list[Mutant] = [
     Mutant("load-drops-last-source", POLICY, "self.last_source = state[\"last_source\"]", "self.last_source = self.last_source", "state"),
     Mutant("load-drops-num-updates", POLICY, "self.num_updates = state[\"num_updates\"]", "self.num_updates = self.num_updates", "state"),
     Mutant("load-drops-step", BASE, "self.llr_step = int(llr[\"step\"])", "self.llr_step = 0", "state"),
-    Mutant("load-drops-hill-status", BASE, "self.hill_status = list(llr[\"hill_status\"])", "self.hill_status = self.hill_status", "state"),
-    Mutant("load-drops-update-seconds", BASE, "self.llr_update_seconds = float(llr[\"update_seconds\"])", "self.llr_update_seconds = 0.0", "state"),
+    Mutant("load-drops-hill-status", BASE, "self.hill_status = list(llr.get(\"hill_status\") or [\"not_measured\"] * len(self.layers))",
+           "self.hill_status = self.hill_status", "state"),
+    Mutant("load-drops-update-seconds", BASE, "self.llr_update_seconds = float(llr.get(\"update_seconds\", 0.0))", "self.llr_update_seconds = 0.0", "state"),
     Mutant("load-drops-policy", BASE, "        self.llr.load_state_dict(llr[\"policy\"])\n", "", "state"),
-    Mutant("load-casts-state-to-param-dtype", BASE, "        self._restore_state_dtypes(state_dict[\"state\"])\n", "", "state"),
+    Mutant("load-casts-state-to-param-dtype", BASE, "        self._restore_state_dtypes(state, params_of)\n", "", "state"),
     Mutant("load-skips-rebuild-hook", BASE, "        self._on_state_loaded()\n", "", "state"),
     # ----- the Hill estimator's indices (Eq. 2) -----------------------------------------------------------
     Mutant("hill-k-rounds-up", HILL, "        k = n // 2\n", "        k = (n + 1) // 2\n", "hill"),
@@ -228,6 +235,84 @@ MUTANTS: list[Mutant] = [
     Mutant("muon-triton-nesterov-order", "llr_kernels/ops/muon_triton.py", "u = _lerp(g, u, mu)", "u = _lerp(u, g, mu)", "muon_kernel"),
     Mutant("muon-torch-momentum-weight", "llr_kernels/ops/muon_torch.py", "        buf.lerp_(g_b, 1 - momentum)\n", "        buf.lerp_(g_b, momentum)\n", "muon_kernel"),
     Mutant("muon-torch-apply-sign", "llr_kernels/ops/muon_torch.py", "p32.add_(u, alpha=-s)", "p32.add_(u, alpha=s)", "muon_kernel"),
+    # ----- robust LLR (issue 12): the outlier rule, its place in the update, per-cause warnings ------------------
+    Mutant("robust-no-min-scale", POLICY, "scale = max(1.4826 * float(mad), min_scale)", "scale = max(1.4826 * float(mad), 0.0)", "robust"),
+    Mutant("robust-mad-unscaled", POLICY, "scale = max(1.4826 * float(mad), min_scale)", "scale = max(float(mad), min_scale)", "robust"),
+    Mutant("robust-no-log-transform", POLICY, "    x = torch.log(a[ok] - 1.0)\n", "    x = a[ok]\n", "robust"),
+    Mutant("robust-min-layers-3", POLICY, "if int(ok.sum()) < OUTLIER_MIN_LAYERS:", "if int(ok.sum()) < 3:", "robust"),
+    Mutant("robust-pinned-in-statistic", POLICY, "ok = usable.cpu().bool() & torch.isfinite(a) & (a > 1.0)",
+           "ok = torch.isfinite(a) & (a > 1.0)", "robust"),
+    Mutant("policy-outliers-set-the-range", POLICY,
+           "mapped = torch.where(self.outliers, torch.full_like(self.alphas, float(\"nan\")), self.alphas)",
+           "mapped = self.alphas", "robust"),
+    Mutant("policy-outliers-reset-to-1", POLICY, "        self.last_update, self.last_source = t, source\n",
+           "        self.target[self.outliers] = 1.0\n        self.last_update, self.last_source = t, source\n", "robust"),
+    Mutant("policy-outlier_z-none-ignored", POLICY, "        z = self.config.outlier_z\n",
+           "        z = self.config.outlier_z or OUTLIER_Z\n", "robust"),
+    Mutant("policy-outlier_z-value-ignored", POLICY, "robust_outliers(self.alphas, ~self.pinned, z)",
+           "robust_outliers(self.alphas, ~self.pinned)", "robust"),
+    Mutant("load-drops-outliers", POLICY,
+           "self.outliers = torch.zeros(self.num_layers, dtype=torch.bool) if outliers is None else outliers.cpu().bool().clone()",
+           "self.outliers = torch.zeros(self.num_layers, dtype=torch.bool)", "state"),
+    Mutant("base-outlier-status-not-reported", BASE, "            status[i] = STATUS_OUTLIER\n", "            status[i] = status[i]\n", "robust"),
+    Mutant("base-warns-every-update", BASE, "            if cause in warned:\n", "            if False:\n", "robust"),
+    Mutant("base-warns-for-pinned-layers", BASE, "if st in STATUS_EXPLANATIONS and not bool(self.llr.pinned[i]):",
+           "if st in STATUS_EXPLANATIONS:", "robust"),
+    Mutant("base-sparse-embedding-accepted", BASE, "        _reject_sparse_embeddings(model, self._layer_index)\n", "", "robust"),
+    Mutant("base-momentum-source-ignores-exp_avg", BASE, "buf = st.get(\"momentum_buffer\", st.get(\"exp_avg\"))",
+           "buf = st.get(\"momentum_buffer\")", "optim"),
+    Mutant("base-momentum-source-reads-grad", BASE, "if getattr(self, \"grad_alpha_source\", \"grad\") == \"momentum\":",
+           "if False:", "optim"),
+    # ----- transposed (Hugging Face Conv1D) weights: Muon's shape factor from the logical shape --------------
+    Mutant("layers-logical-shape-ignores-transposed", "llr_kernels/layers.py",
+           "return (shape[1], shape[0], *shape[2:]) if self.transposed and len(shape) >= 2 else shape", "return shape", "robust"),
+    Mutant("muon-shape-factor-of-stored-shape", MUON, "self.layers[self.layer_of(params[i])].logical_shape)",
+           "self.layers[self.layer_of(params[i])].shape)", "robust"),
+    Mutant("muon-stats-shape-factor-of-stored-shape", MUON, "adjust_lr_ratio(g[\"adjust_lr_fn\"], layer.logical_shape)",
+           "adjust_lr_ratio(g[\"adjust_lr_fn\"], layer.shape)", "robust"),
+    # ----- the Hill estimator: rank-aware k, noise level of the input's precision --------------------------
+    Mutant("hill-rank-deficient-status-ok", HILL, "        ok = STATUS_OK_RANK_DEFICIENT\n", "        ok = STATUS_OK\n", "hill_rank"),
+    Mutant("hill-rank-deficient-always-nan", HILL, "        if rank_deficient == \"nan\":\n", "        if True:\n", "hill_rank"),
+    Mutant("hill-rank-deficient-no-min-rank", HILL, "        if r < max(2, min_eigs):\n", "        if r < 2:\n", "hill_rank"),
+    Mutant("hill-noise-of-compute-dtype", HILL, "    u_in = unit_roundoff(input_dtype)\n", "    u_in = unit_roundoff(compute)\n", "hill_rank"),
+    # ----- checkpoints: wrapper levels, torch.optim.AdamW checkpoints --------------------------------------
+    Mutant("ckpt-keeps-leading-module", "llr_kernels/optim/wrappers.py",
+           "if part in WRAPPER_LEVELS or (not out and part in LEADING_LEVELS):", "if part in WRAPPER_LEVELS:", "ckpt"),
+    Mutant("ckpt-drops-inner-module", "llr_kernels/optim/wrappers.py",
+           "if part in WRAPPER_LEVELS or (not out and part in LEADING_LEVELS):", "if part in WRAPPER_LEVELS or part in LEADING_LEVELS:", "ckpt"),
+    Mutant("ckpt-keeps-fsdp-level", "llr_kernels/optim/wrappers.py",
+           "WRAPPER_LEVELS = (\"_orig_mod\", \"_fsdp_wrapped_module\", \"_checkpoint_wrapped_module\")",
+           "WRAPPER_LEVELS = (\"_orig_mod\", \"_checkpoint_wrapped_module\")", "ckpt"),
+    Mutant("ckpt-old-format-names-not-normalised", "llr_kernels/optim/checkpoint.py", "theirs = [normalize_name(n) for n in names]",
+           "theirs = list(names)", "ckpt"),
+    Mutant("ckpt-shapes-not-checked", "llr_kernels/optim/checkpoint.py",
+           "if shapes is not None and tuple(shapes[i]) != tuple(layers[i].shape):", "if False:", "ckpt"),
+    Mutant("torch-load-drops-exp_avg", "llr_kernels/optim/checkpoint.py",
+           "\"exp_avg\": st[\"exp_avg\"].to(device=p.device, dtype=sdt, copy=True),", "\"exp_avg\": torch.zeros_like(p, dtype=sdt),", "ckpt"),
+    Mutant("torch-load-llr-step-zero", "llr_kernels/optim/checkpoint.py", "opt.reset_llr(max(steps) if llr_step is None else int(llr_step))",
+           "opt.reset_llr(0 if llr_step is None else int(llr_step))", "ckpt"),
+    Mutant("torch-load-drops-group-hyperparameters", "llr_kernels/optim/checkpoint.py",
+           "m = {**g, **{k: v for k, v in gs.items() if k not in _TORCH_IMPL_KEYS and (k in g or k == \"initial_lr\")}}",
+           "m = dict(g)", "ckpt"),
+    # ----- add_param_group: new layers classified, pinned and split like the constructor's ---------------------
+    Mutant("add-group-ignores-model", BASE, "layers = classify_named(named, model, self._classify)",
+           "layers = classify_named(named, None, self._classify)", "add_group"),
+    Mutant("add-group-never-pinned", BASE, "self.llr.add_layers(pinned_mask(layers, self.llr.config))",
+           "self.llr.add_layers(torch.zeros(len(layers), dtype=torch.bool))", "add_group"),
+    Mutant("add-group-muon-takes-every-layer", MUON, "        eligible = {id(l.param) for l in layers if muon_eligible(l)}\n        return _split_group(",
+           "        eligible = {id(l.param) for l in layers}\n        return _split_group(", "add_group"),
+    Mutant("add-group-rollback-keeps-policy", BASE, "            self.llr = policy\n", "            pass\n", "add_group"),
+    # ----- non-contiguous parameters in the step ops -----------------------------------------------------------
+    Mutant("noncontig-gaps-count-as-dense", "llr_kernels/ops/custom_ops.py", "        if stride != expected:\n",
+           "        if stride < expected:\n", "noncontig", ext="on"),
+    Mutant("noncontig-mixed-layouts-flattened", "llr_kernels/ops/custom_ops.py",
+           "if _dense(row[0]) and all(_layout(t) == layout for t in row[1:]):", "if _dense(row[0]):", "noncontig", ext="on"),
+    Mutant("noncontig-torch-rows-unclipped", "llr_kernels/ops/custom_ops.py",
+           "lrs[i:i + 1], weight_decays[i:i + 1], steps[i:i + 1], inv_scale=scale,",
+           "lrs[i:i + 1], weight_decays[i:i + 1], steps[i:i + 1], inv_scale=inv_scale,", "noncontig", ext="on"),
+    Mutant("noncontig-muon-rows-step-of-row-0", "llr_kernels/ops/custom_ops.py",
+           "muon_apply_torch([params[i]], [updates[i]], decays[i:i + 1], step_sizes[i:i + 1], capturable=capturable)",
+           "muon_apply_torch([params[i]], [updates[i]], decays[0:1], step_sizes[0:1], capturable=capturable)", "noncontig", ext="on"),
 ]
 
 
@@ -263,6 +348,9 @@ def run_tests(scratch: str, tests: list[str], ext: str, timeout: float, ext_cach
         return "timeout", time.time() - start, ""
     tail = (proc.stdout + proc.stderr).strip().splitlines()
     summary = tail[-1] if tail else ""
+    failed = next((line for line in tail if line.startswith(("FAILED ", "ERROR "))), None)
+    if failed is not None:  # which test caught it (or broke the baseline)
+        summary += f"  [{failed[:160]}]"
     status = "survived" if proc.returncode == 0 else ("killed" if proc.returncode == 1 else f"error({proc.returncode})")
     return status, time.time() - start, summary
 
@@ -270,11 +358,13 @@ def run_tests(scratch: str, tests: list[str], ext: str, timeout: float, ext_cach
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", action="append", default=[], help="only mutants whose name contains this (repeatable)")
+    ap.add_argument("--skip", action="append", default=[], help="leave out mutants whose name contains this (repeatable)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mutant run (default 900)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of the test groups used")
     args = ap.parse_args()
-    mutants = [m for m in MUTANTS if not args.k or any(k in m.name for k in args.k)]
+    mutants = [m for m in MUTANTS if (not args.k or any(k in m.name for k in args.k))
+               and not any(k in m.name for k in args.skip)]
     if args.list:
         for m in mutants:
             print(f"{m.name:42s} {m.file:36s} {m.tests:13s} ext={m.ext}")

@@ -63,6 +63,16 @@ def triton_missing() -> str | None:
     return None if triton_importable() else "triton is not installed"
 
 
+def triton_launch_missing() -> str | None:
+    """Why Triton kernels cannot be launched here (not installed; no CUDA and TRITON_INTERPRET is not 1), or None."""
+    from llr_kernels.dispatch import triton_interpreted
+
+    missing = triton_missing()
+    if missing is None and not (torch.cuda.is_available() or triton_interpreted()):
+        missing = "no CUDA device and TRITON_INTERPRET is not 1"
+    return missing
+
+
 def backend_missing(backend: str, device: torch.device) -> str | None:
     from llr_kernels import dispatch
 

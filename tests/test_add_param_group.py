@@ -189,3 +189,30 @@ def test_unnamed_tensors_added_without_a_model_get_generated_names_and_a_warning
         warnings.simplefilter("error")  # named pairs: no warning
         opt.add_param_group({"params": [("x", first[2])]})
     assert opt.layers[-1].name == "x"
+
+
+def test_an_added_embedding_is_classified_by_its_module_and_pinned():
+    """An nn.Embedding whose name says nothing ("table.weight") is an embedding by its module type, also when it
+    joins through add_param_group: kind "embedding", pinned at s from the start and after an update, as when
+    the constructor gets it."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(64, 48)
+            self.proj = nn.Linear(48, 48, bias=False)
+
+    model = Net()
+    built = LLRAdamW(model, lr=1e-3, s=3.0, min_eigs=16, backend="torch")
+    assert [(l.name, l.kind) for l in built.layers] == [("table.weight", "embedding"), ("proj.weight", "linear")]
+    opt = LLRAdamW([model.proj.weight], model=model, lr=1e-3, s=3.0, min_eigs=16, backend="torch")
+    opt.add_param_group({"params": [model.table.weight]})
+    stats = {r["name"]: r for r in opt.layer_stats()}
+    assert stats["table.weight"]["kind"] == "embedding"
+    assert opt.llr.pinned.tolist() == [False, True]
+    assert stats["table.weight"]["multiplier"] == 3.0 and stats["proj.weight"]["multiplier"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # one usable layer: Eq. 3 has no range
+        opt.update_alphas(0)
+    assert opt.multipliers().tolist() == [1.0, 3.0]

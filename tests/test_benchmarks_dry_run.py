@@ -111,7 +111,7 @@ def test_guard_flags_other_load_at_end(monkeypatch):
 
 def test_guard_refuses_loaded_start(monkeypatch):
     g = _guard(monkeypatch, [2.5, 0.0], allow=False)
-    with pytest.raises(C.LoadedMachine) as exc:
+    with pytest.raises(C.LoadedMachine, match="^3$") as exc:  # exit status 3; the reason is in .msg
         g.start()
     assert "2.50 > 1 at start" in exc.value.msg and "--allow-loaded" in exc.value.msg
 
@@ -229,3 +229,21 @@ def test_junit_summary(tmp_path):
     assert (s["tests"], s["passed"], s["failures"], s["skipped"]) == (4, 2, 1, 1)
     assert s["not_passed"] == [{"test": "tests.t::b", "kind": "failure", "message": "assert 1 == 2"}]
     assert s["skip_reasons"] == {"no cuda": 1}
+
+
+def test_llr_update_dist_benchmark_dry_run(tmp_path):
+    """The multi-rank LLR update benchmark end to end on 1 and 2 gloo ranks (tiny shapes): it writes its files, every
+    rank measured its share under the split, and the split's alphas equal the gather-everything ones."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(BENCH / "bench_llr_update_dist.py"), "--dry-run", "--allow-loaded",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    payload = json.loads((tmp_path / "llr_update_dist_cpu.json").read_text())
+    one, two = payload["rows"]
+    assert (one["world"], two["world"]) == (1, 2) and payload["matrices"] == 7
+    assert one["split"]["layers_measured"] == [7] and sorted(two["split"]["layers_measured"]) == [3, 4]
+    assert two["gather-everything"]["layers_measured"] == [7, 7]
+    assert two["split"]["bytes_held_max"] < two["gather-everything"]["bytes_held_max"] == payload["matrix_bytes"]
+    assert all(r["max_abs_dalpha_split_vs_gather"] == 0.0 for r in (one, two))
+    assert (tmp_path / "llr_update_dist_cpu.md").read_text().startswith("# One LLR update across ranks")

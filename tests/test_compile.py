@@ -14,7 +14,7 @@ import torch
 from torch._dynamo.backends.debugging import aot_eager
 from torch._dynamo.utils import counters
 
-from conftest import backend_missing, backend_param, requires
+from conftest import backend_missing, backend_param, needs, requires
 from llr_kernels import LLRAdamW, LLRMuon
 from llr_kernels.ops import custom_ops
 from tiny_models import SpectralNet
@@ -23,8 +23,9 @@ CPU = torch.device("cpu")
 BACKENDS = [backend_param("torch", CPU), backend_param("cpp", CPU)]
 CPP = requires(backend_missing("cpp", CPU), "backend 'cpp'")
 TRITON = requires(backend_missing("triton", CPU), "backend 'triton'")
-needs_trace_autograd = pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
-                                          reason=f"torch {torch.__version__} cannot trace backward() into a graph")
+needs_trace_autograd = needs(None if hasattr(torch._dynamo.config, "trace_autograd_ops")
+                             else f"torch {torch.__version__} cannot trace backward() into a graph",
+                             "torch._dynamo.config.trace_autograd_ops")
 
 
 class GraphCounter:

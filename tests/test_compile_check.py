@@ -17,13 +17,14 @@ import sys
 import pytest
 import torch
 
-from llr_kernels.dispatch import triton_importable, triton_interpreted
+from conftest import needs, requires, triton_missing
+from llr_kernels.dispatch import triton_interpreted
 
-pytestmark = pytest.mark.skipif(not triton_importable(), reason="triton is not installed")
+pytestmark = requires(triton_missing(), "triton")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-can_launch = pytest.mark.skipif(not (torch.cuda.is_available() or triton_interpreted()),
-                                reason="Triton launches need CUDA or TRITON_INTERPRET=1")
+can_launch = needs(None if torch.cuda.is_available() or triton_interpreted() else "no CUDA and TRITON_INTERPRET is not 1",
+                   "a Triton launch")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from llr_kernels.dispatch import triton_importable, triton_interpreted
+from conftest import needs, requires, triton_launch_missing
 from llr_kernels.spectral.gram_torch import gram_batch_torch, tf32_round
 
-needs_triton = pytest.mark.skipif(
-    not (triton_importable() and (torch.cuda.is_available() or triton_interpreted())),
-    reason="Triton needs CUDA or TRITON_INTERPRET=1",
-)
+needs_triton = needs(triton_launch_missing(), "Triton launches")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -190,11 +190,12 @@ def test_tiny_training_run_writes_outputs(tmp_path, tiny_corpus):
         assert "llr-muon" in m["skipped_arms"]
 
 
-def test_cpu_threads_and_cli_errors(tmp_path):
+def test_cpu_threads_and_cli_errors(tmp_path, capsys):
     assert train.cpu_threads("3") == 3 and train.cpu_threads("auto") >= 1
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"--threads must be >= 1 or 'auto', got '0'"):
         train.cpu_threads("0")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):  # argparse's usage-error exit status; its message goes to stderr
         train.parse_args(["--preset", "smoke", "--arms", "uniform,sgd"])
+    assert "unknown arm 'sgd'" in capsys.readouterr().err
     a = train.parse_args(["--preset", "cpu-demo", "--lrs", "1e-3,2e-3", "--steps", "7"])
     assert a.lrs == [1e-3, 2e-3] and a.steps == 7 and a.seeds == [0, 1, 2] and a.vocab_size == 4096

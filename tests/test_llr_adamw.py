@@ -380,3 +380,29 @@ def test_param_groups_named_by_model_and_closure():
     loss = opt.step(closure)
     assert torch.isfinite(loss)
     assert all(not torch.equal(a, p) for a, p in zip(before, no_decay))
+
+
+def test_grad_alpha_source_momentum_measures_exp_avg(seed):
+    """grad_alpha_source="momentum": a gradient-phase update measures each layer's exp_avg as the steps before
+    left it (the gradient at step 0, before a moment exists). Expected alphas: numpy float64 Eq. 2 (alpha_np) of
+    those tensors, which differ from the gradient's alphas."""
+    torch.manual_seed(seed)
+    model = SpectralNet()
+    opt = LLRAdamW(model, lr=LR, weight_decay=WD, s=3.0, interval=2, total_steps=10, grad_phase=1.0, min_eigs=16,
+                   grad_alpha_source="momentum", backend="torch")
+    hidden = [i for i, l in enumerate(opt.layers) if l.is_matrix and min(l.shape) >= 16 and l.kind != "embedding"]
+    batches_ = data(3, seed=seed % 1000)
+    for t in range(3):
+        opt.zero_grad()
+        lm_loss(model, batches_[t]).backward()
+        grads = [opt.layers[i].param.grad.clone() for i in hidden]
+        source = grads if t == 0 else [opt.state[opt.layers[i].param]["exp_avg"].clone() for i in hidden]
+        opt.step()
+        if t % 2:
+            continue
+        want = [alpha_np(x, min_eigs=16) for x in source]
+        got = opt.llr.alphas[hidden].tolist()
+        assert got == pytest.approx(want, rel=ALPHA_RTOL), f"step {t}"
+        if t == 2:
+            from_grad = [alpha_np(g, min_eigs=16) for g in grads]
+            assert max(abs(a - b) / b for a, b in zip(want, from_grad)) > 100 * ALPHA_RTOL  # the test can tell them apart

@@ -123,6 +123,8 @@ def test_kernel_views_flatten_shared_dense_layouts_only(seed):
     assert custom_ops.kernel_views([[plain], [plain.clone()]])[1] is None  # all contiguous: nothing to do
     cols, ok = custom_ops.kernel_views([[plain, cl, cl, strided], [plain, cl2, cl2.contiguous(), strided.contiguous()]])
     assert ok == [True, True, False, False]
+    strided2 = torch.randn(6, 14, generator=g)[:, ::2]
+    assert custom_ops.kernel_views([[plain, strided], [plain, strided2]])[1] == [True, False]  # one layout, with gaps
     assert cols[0][0] is plain and cols[1][0] is plain
     flat = cols[0][1]
     assert flat.shape == (cl.numel(),) and flat.is_contiguous() and flat.data_ptr() == cl.data_ptr()
@@ -164,3 +166,20 @@ def test_op_with_mixed_layouts_and_clipping_matches_the_torch_reference(backend,
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(norm, ref_norm.float())
     assert torch.equal(steps, torch.tensor([2.0, 5.0, 9.0])) and torch.equal(ref_steps, steps)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires(backend_missing("triton", CPU), "backend 'triton'"))])
+def test_muon_apply_op_steps_each_torch_path_matrix_with_its_own_decay_and_step(backend, seed):
+    """muon_apply with a contiguous matrix and two transposed views (their contiguous updates send them through the
+    torch path one by one): each matrix gets its own decay and step size. Reference: p * d - s * u in float64."""
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(6, 4, generator=g), torch.randn(4, 6, generator=g).t(), torch.randn(5, 3, generator=g).t()]
+    updates = [torch.randn(tuple(p.shape), generator=g) for p in params]
+    decays, step_sizes = torch.tensor([0.99, 0.95, 0.9]), torch.tensor([0.01, 0.02, 0.03])
+    want = [p.double() * d - s * u.double() for p, u, d, s in
+            zip(params, updates, decays.double().tolist(), step_sizes.double().tolist())]
+    strides = [p.stride() for p in params]
+    custom_ops.muon_apply(params, updates, decays, step_sizes, False, backend)
+    for i, (p, w) in enumerate(zip(params, want)):
+        torch.testing.assert_close(p.double(), w, rtol=1e-6, atol=1e-6, msg=lambda m, i=i: f"matrix {i}: {m}")
+    assert [p.stride() for p in params] == strides

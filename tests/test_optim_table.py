@@ -304,7 +304,7 @@ def _torch_side_ns(grad, ns_coefficients, ns_steps, eps):
 
 # ----- arguments that act through the LLR policy and the spectral update --------------------------
 CONFIG = dict(s=2.5, interval=7, total_steps=100, grad_phase=0.2, active_until=0.5, ramp_steps=3, pin_embedding=False,
-              pin_lm_head=True)
+              pin_lm_head=True, outlier_z=3.0)
 
 
 @pytest.mark.parametrize("cls", [LLRAdamW, LLRMuon], ids=["adamw", "muon"])

@@ -129,3 +129,18 @@ def test_bad_config_raises(kwargs, error, match):
 def test_valid_config_is_returned():
     cfg = LLRConfig(s=1, interval=1, total_steps=1, grad_phase=1.0, active_until=0.5, ramp_steps=0)
     assert cfg.validate() is cfg and math.isfinite(cfg.s)
+
+
+def test_state_dict_round_trip_keeps_the_outlier_mask():
+    """The outlier mask of the last update (robust rule: alpha 40 among alphas 2-3) survives a state_dict."""
+    cfg = LLRConfig(s=3.0, interval=5)
+    pinned = torch.zeros(6, dtype=torch.bool)
+    pol = LLRPolicy(cfg, 6, pinned)
+    assert pol.update(0, torch.tensor([2.0, 2.2, 2.4, 2.6, 2.8, 40.0]), "weight").tolist() == [False] * 5 + [True]
+    new = LLRPolicy(cfg, 6, pinned)
+    new.load_state_dict(pol.state_dict())
+    assert new.outliers.tolist() == [False] * 5 + [True]
+    old = pol.state_dict()
+    del old["outliers"]  # a checkpoint written before the outlier rule: no layer is an outlier
+    new.load_state_dict(old)
+    assert new.outliers.tolist() == [False] * 6

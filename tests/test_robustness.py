@@ -362,3 +362,78 @@ def test_same_seed_same_multipliers_bit_for_bit():
         runs.append((torch.stack(hist), [p.detach().clone() for p in model.parameters()]))
     assert torch.equal(runs[0][0], runs[1][0])
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+# ----- outlier_z, the "outlier" status and its warning, pinned layers never warned about -------------------
+
+
+@pytest.mark.parametrize("z", [2.0, 4.0, 5.0, 8.0])
+def test_outlier_z_sets_the_cut(z):
+    """outlier_z is the cut in robust standard deviations: a smaller z excludes more layers (reference:
+    robust_outliers_np with the same z). The alphas give x = ln(alpha - 1) with median 0.47 and scale 0.43, so
+    5.0 (x = 1.39) is an outlier below z = 2.1 and 12.0 (x = 2.40) below z = 4.5."""
+    alphas = [2.0, 2.2, 2.4, 2.6, 2.8, 5.0, 12.0]
+    n = len(alphas)
+    pinned = [False] * n
+    policy = LLRPolicy(LLRConfig(s=S, outlier_z=z), n, torch.tensor(pinned))
+    got = policy.update(0, torch.tensor(alphas, dtype=torch.float64), "weight").tolist()
+    want = robust_outliers_np(alphas, pinned, z=z)
+    assert got == want
+    assert sum(want) == {2.0: 2, 4.0: 1, 5.0: 0, 8.0: 0}[z]  # the cases differ: the test can tell z's apart
+    mapped = [float("nan") if o else a for a, o in zip(alphas, want)]
+    assert policy.multipliers(0).tolist() == pytest.approx(eq3(mapped, S), abs=1e-12)
+
+
+def _six_linears(exponents: list[float], seed: int) -> nn.Sequential:
+    from reference import power_law_matrix
+
+    model = nn.Sequential(*[nn.Linear(48, 48, bias=False) for _ in exponents])
+    with torch.no_grad():
+        for k, (lin, e) in enumerate(zip(model, exponents)):
+            lin.weight.copy_(power_law_matrix(48, 48, e, seed=seed + k))
+    return model
+
+
+def test_an_outlier_layer_is_reported_keeps_its_multiplier_and_survives_a_checkpoint(seed):
+    """Five layers with alphas ~2-3 and one with alpha ~12 (power-law weights, tests/reference.py): the
+    robust rule (robust_outliers_np on numpy alphas) excludes the last; layer_stats says "outlier", its
+    multiplier stays at 1 (its previous), the others follow Eq. 3 of the rest, one warning names it, and a
+    checkpoint restores the outlier mask and statuses."""
+    seed %= 1000
+    model = _six_linears([2.0, 2.2, 2.4, 2.6, 2.8, 12.0], seed)
+    opt = LLRAdamW(model, lr=1e-3, s=S, interval=1, min_eigs=16, backend="torch")
+    ref = [hill_llr_np(esd_np(l.param), min_eigs=16) for l in opt.layers]
+    out = robust_outliers_np(ref, [False] * 6)
+    assert out == [False] * 5 + [True], (ref, out)  # the construction does what the test means
+    with pytest.warns(RuntimeWarning, match=r"LLR: 1 layer\(s\) \(5\.weight\): alpha far from the other layers'"):
+        opt.update_alphas(0)
+    stats = opt.layer_stats()
+    assert [r["status"] for r in stats] == ["ok"] * 5 + ["outlier"]
+    assert [r["alpha"] for r in stats] == pytest.approx(ref, rel=1e-5)  # the measured alpha is kept for logging
+    want = eq3(ref[:5] + [float("nan")], S)
+    assert [r["multiplier"] for r in stats] == pytest.approx(want, abs=5e-4)
+    assert stats[5]["multiplier"] == 1.0
+
+    sd = opt.state_dict()
+    new = LLRAdamW(_six_linears([2.0] * 6, seed), lr=1e-3, s=S, interval=1, min_eigs=16, backend="torch")
+    new.load_state_dict(sd)
+    assert new.llr.outliers.tolist() == [False] * 5 + [True]
+    assert [r["status"] for r in new.layer_stats()] == ["ok"] * 5 + ["outlier"]
+
+
+def test_pinned_layers_are_never_warned_about(seed):
+    """A pinned embedding whose alpha cannot be measured (all-zero weight) sits at s without a warning: the
+    warnings name only the unpinned layers whose alphas are unusable (the narrow ones, below min_eigs)."""
+    model = SpectralNet(seed=seed % 1000)
+    with torch.no_grad():
+        model.embed_tokens.weight.zero_()
+    opt = LLRAdamW(model, lr=1e-3, s=S, interval=1, min_eigs=16, backend="torch")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        opt.update_alphas(0)
+    stats = {r["name"]: r for r in opt.layer_stats()}
+    assert stats["embed_tokens.weight"]["status"] == "zero_matrix"  # unusable, but pinned
+    assert stats["embed_tokens.weight"]["multiplier"] == S
+    messages = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
+    assert len(messages) == 1 and "narrow_in.weight, narrow_out.weight" in messages[0], messages
+    assert not any("embed_tokens" in m for m in messages), messages

@@ -9,22 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from llr_kernels.dispatch import triton_importable, triton_interpreted
+from conftest import needs, require, requires, triton_launch_missing
 from llr_kernels.spectral import hill_alpha
-from llr_kernels.spectral.fast import choose_method, hill_alpha_fast, hill_params
+from llr_kernels.spectral.fast import SLQ_BIAS_C, SLQ_ERR_C, choose_method, hill_alpha_fast, hill_params
 from llr_kernels.spectral.lanczos import lanczos_torch, rademacher_probes, slq_hill_torch, tridiag_eig_torch
 
-HAS_TRITON = triton_importable() and (torch.cuda.is_available() or triton_interpreted())
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+needs_triton = needs(triton_launch_missing(), "Triton launches")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The SLQ tests run many small batched ops: oversubscribed intra-op threads only slow them down."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 # ---------------------------------------------------------------- independent numpy references
@@ -68,7 +59,7 @@ KINDS = [("gauss", 0.0), ("powerlaw", 2.0), ("powerlaw", 3.0), ("powerlaw", 4.5)
 
 # ---------------------------------------------------------------- exact mode
 @pytest.mark.parametrize("variant", ["paper", "reference"])
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=requires(triton_launch_missing(), "Triton launches"))])
 def test_exact_mode_matches_numpy(variant, backend):
     rng = np.random.default_rng(11)
     ws = [make(k, 60 + 7 * i, 90 + 11 * i, rng, t) for i, (k, t) in enumerate(KINDS)]
@@ -94,8 +85,9 @@ def test_exact_through_hill_alpha_auto_on_cpu():
 
 
 def test_auto_rule():
+    """The cost model's answers at a few points (full decision table: tests/test_spectral_target.py)."""
     assert choose_method(4096, torch.device("cpu")) == "exact"
-    assert choose_method(512, torch.device("cuda")) == "exact"
+    assert choose_method(256, torch.device("cuda")) == "exact"  # n <= 2 steps: the Krylov space is most of the space
     assert choose_method(2048, torch.device("cuda")) == "lanczos"
     assert choose_method(2048, torch.device("cuda"), steps=1024) == "exact"
 
@@ -236,8 +228,7 @@ def test_auto_within_1e5_of_float64_eq2(shapes):
 def test_gram_eigvalsh_cpp_matches_torch_reference():
     from llr_kernels import _ext
 
-    if _ext.unavailable_reason(torch.device("cpu")) is not None:
-        pytest.skip(f"C++ extension unavailable: {_ext.unavailable_reason(torch.device('cpu'))}")
+    require(_ext.unavailable_reason(torch.device("cpu")), "the C++ extension")
     from llr_kernels.spectral.gram_torch import eigvalsh_batch_torch, gram_eigvalsh_torch
     from llr_kernels.spectral.tridiag_cpp import eigvalsh_cpp, gram_eigvalsh_cpp
 
@@ -290,12 +281,13 @@ def test_bad_arguments_say_what_to_do():
 
 # ---------------------------------------------------------------- SLQ accuracy (statistical)
 def test_lanczos_error_within_documented_bound():
-    """Over fresh seeds and every spectrum kind: relative RMS error within 2x the documented
-    2 (alpha - 1) / (alpha sqrt(n probes)) plus 0.5%, |mean error| small, and the jackknife standard error
-    calibrated (mean z^2 of order 1)."""
+    """Over fresh seeds and every spectrum kind: RMS |d alpha| within the documented absolute model
+    SLQ_ERR_C (alpha - 1)^2 / sqrt(n probes) plus the bias SLQ_BIAS_C (alpha - 1)^2 / n, |mean relative error|
+    small, and the jackknife standard error calibrated (mean z^2 of order 1): the target_error check takes the
+    larger of the two, so a spectrum the model underrates is still covered by its own jackknife."""
     n, m, probes, steps = 192, 320, 32, 48
     seed0 = int(np.random.SeedSequence().entropy % (2**31))  # fresh each run; printed on failure
-    rel, pred, z = [], [], []
+    rel, absd, pred, z = [], [], [], []
     for s in range(3):
         rng = np.random.default_rng(seed0 + s)
         ws = [make(k, n, m, rng, t) for k, t in KINDS for _ in range(2)]
@@ -306,14 +298,22 @@ def test_lanczos_error_within_documented_bound():
         assert r.status == ["ok"] * len(ws), (seed0, r.status)
         a = r.alpha.numpy()
         rel.append(a / ref - 1)
-        pred.append(2 * (ref - 1) / (ref * math.sqrt(n * probes)))
+        absd.append(a - ref)
+        pred.append(slq_error_model_np(ref, n, probes) + SLQ_BIAS_C * (ref - 1) ** 2 / n)
         z.append((a - ref) / rep["stderr"].numpy())
-    rel, pred, z = np.stack(rel), np.stack(pred), np.stack(z)  # (seeds, matrices)
-    per_kind_rms = np.sqrt((rel**2).reshape(3, len(KINDS), 2).mean(axis=(0, 2)))
+    rel, absd, pred, z = np.stack(rel), np.stack(absd), np.stack(pred), np.stack(z)  # (seeds, matrices)
+    per_kind_rms = np.sqrt((absd**2).reshape(3, len(KINDS), 2).mean(axis=(0, 2)))
     per_kind_pred = np.sqrt((pred**2).reshape(3, len(KINDS), 2).mean(axis=(0, 2)))
-    assert np.all(per_kind_rms < 2.0 * per_kind_pred + 0.005), (seed0, per_kind_rms, per_kind_pred)
+    # 2x: the model is the typical scale; a low density of ln l at the threshold (rank 3n/4) sits ~1.5x above it
+    assert np.all(per_kind_rms < 2.0 * per_kind_pred), (seed0, per_kind_rms, per_kind_pred)
     assert abs(rel.mean()) < 0.01, (seed0, rel.mean())
     assert 0.2 < np.mean(z**2) < 5.0, (seed0, np.mean(z**2))
+
+
+def slq_error_model_np(alpha: np.ndarray, n: int, probes: int) -> np.ndarray:
+    """The documented RMS model, written out: an error dm in the mean log-excess m moves alpha = 1 + 1/m by
+    (alpha - 1)^2 dm, and dm falls as 1 / sqrt(n probes)."""
+    return SLQ_ERR_C * (alpha - 1) ** 2 / np.sqrt(n * probes)
 
 
 def naive_threshold_logsum(nodes, weights, q, n):
@@ -391,8 +391,7 @@ def test_tridiag_torch_reference():
 def test_tridiag_cpp_matches_numpy():
     from llr_kernels import _ext
 
-    if _ext.unavailable_reason(torch.device("cpu")) is not None:
-        pytest.skip(f"C++ extension unavailable: {_ext.unavailable_reason(torch.device('cpu'))}")
+    require(_ext.unavailable_reason(torch.device("cpu")), "the C++ extension")
     from llr_kernels.spectral.tridiag_cpp import tridiag_eig_cpp
 
     a, b = random_tridiagonals(64, 96, 1)

@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <string>
+
 #if defined(__CUDACC__)
 #define LLR_HD __host__ __device__
 #else
@@ -91,6 +93,11 @@ LLR_HD inline bool tridiag_gauss(double* d, double* e, double* z, int64_t s, int
 // nodes/weights (N, s) float64 outputs; alpha (N, s), beta (N, s-1) float64 contiguous; scratch (N, s) float64.
 void tridiag_gauss_cuda(const at::Tensor& alpha, const at::Tensor& beta, const at::Tensor& nodes,
                         const at::Tensor& weights, const at::Tensor& scratch);
+// spectral_eig_cuda.cu: (B, n) ascending eigenvalues of (B, n, n) Grams (lower triangles read) in dtype (float32 /
+// float64) by one cusolverDnXsyevBatched call; NaN rows where the solver fails. Raises when unavailable.
+at::Tensor eigvalsh_batched_cuda(const at::Tensor& grams, at::ScalarType dtype);
+// Empty when eigvalsh_batched_cuda can run here, else why not (CUDA < 12.6 build, cuSOLVER < 11.7).
+std::string eigvalsh_batched_cuda_unavailable();
 #endif
 
 }  // namespace llr

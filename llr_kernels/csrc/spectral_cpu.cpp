@@ -186,6 +186,11 @@ void register_spectral(pybind11::module_& m) {
   m.def("tridiag_gauss_cuda", &tridiag_gauss_cuda_py,
         "Gauss nodes/weights of many symmetric tridiagonals, one CUDA thread per matrix", arg("alpha"),
         arg("beta"));
+  m.def("eigvalsh_batched_cuda", &eigvalsh_batched_cuda,
+        "Eigenvalues of many equal-n lower-triangle Grams by one cusolverDnXsyevBatched call, CUDA", arg("grams"),
+        arg("dtype"));
+  m.def("eigvalsh_batched_cuda_unavailable", &eigvalsh_batched_cuda_unavailable,
+        "Empty string when eigvalsh_batched_cuda can run, else the reason");
 #endif
 }
 

@@ -219,6 +219,9 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         while a scheduler changes the LRs: each group's lr becomes a 0-d tensor on its parameters' device (update
         it in place, as torch.optim.lr_scheduler does for tensor LRs), and step() makes no host sync and no
         host-to-device copy except on steps with host work (LLR updates, ramps; see ``after_replay``).
+    spectral_group: which ranks share the LLR update, each measuring some of the layers: "auto" (the FSDP2 mesh,
+        or the group of a DistributedDataParallel model passed as ``model``/``params``), a process group whose ranks
+        hold identical parameters (DDP), or None (every rank measures every layer). See ``optim.spectral_ranks``.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     """
@@ -252,6 +255,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         hill_variant: str = "paper",
         min_eigs: int = 50,
         capturable: bool = False,
+        spectral_group: Any = "auto",
     ) -> None:
         validate_adamw_args(lr, betas, eps, weight_decay, amsgrad, maximize)
         check_choice("grad_alpha_source", grad_alpha_source, ("grad", "momentum"),
@@ -262,6 +266,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         super().__init__(
             params, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
+            spectral_group=spectral_group,
         )
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype

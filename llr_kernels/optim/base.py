@@ -16,6 +16,7 @@ import weakref
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .._checks import check_bool, check_choice, check_int
@@ -25,12 +26,17 @@ from ..layers import Classifier, Layer, classify_parameters
 from ..policy import LLRConfig, LLRPolicy
 from ..spectral import hill_alpha
 from ..spectral.hill import METHODS, VARIANTS
-from .checkpoint import check_layers, llr_entry
+from .spectral_ranks import assign_owners, gather_to_owner, measure_cost, resolve_group, share_results
+from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .wrappers import normalize_name
 
 STATUS_OUTLIER = "outlier"  # alpha far from the other layers' (llr_kernels.policy.robust_outliers)
 
 # Statuses of matrix layers whose alpha does not enter Eq. 3, and what each means for the user.
+# |d alpha| against float64 Eq. 2 that every measured alpha meets (DESIGN.md's target): Lanczos adapts its budget
+# per matrix or hands the matrix to the exact path (spectral/fast.py); exact meets it by construction.
+ALPHA_TARGET_ERROR = 0.02
+
 STATUS_EXPLANATIONS: dict[str, str] = {
     "too_few_eigenvalues": "fewer than min_eigs={min_eigs} eigenvalues, too few for a tail estimate; their LR multiplier stays fixed",
     "non_finite": "inf or NaN entries in the {source} at an LLR update; they keep their previous multiplier",
@@ -159,6 +165,14 @@ def check_spectral_args(hill_method: Any, hill_variant: Any, min_eigs: Any) -> N
     check_int("min_eigs", min_eigs, 2, hint=" (matrices with fewer eigenvalues get alpha = NaN; public code: 50)")
 
 
+def check_spectral_group(spectral_group: Any) -> None:
+    if spectral_group is None or spectral_group == "auto":
+        return
+    if not (dist.is_available() and isinstance(spectral_group, dist.ProcessGroup)):
+        raise TypeError(f"spectral_group must be 'auto', None or a torch.distributed.ProcessGroup, got {spectral_group!r} "
+                        "('auto': split the LLR update over the FSDP2 mesh or a DDP model's group; None: no split)")
+
+
 def check_model_args(model: Any, classify: Any) -> None:
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module (it names the parameters) or None, got {type(model).__name__}")
@@ -231,14 +245,18 @@ class LLROptimizer(torch.optim.Optimizer):
         hill_variant: str = "paper",
         min_eigs: int = 50,
         capturable: bool = False,
+        spectral_group: Any = "auto",
     ) -> None:
         llr.validate()
+        check_spectral_group(spectral_group)
         check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.dispatch)")
         check_spectral_args(hill_method, hill_variant, min_eigs)
         check_model_args(model, classify)
         check_bool("capturable", capturable)
         self.backend = backend
         self.capturable = capturable
+        self.spectral_group = spectral_group
+        self.last_split: dict[str, Any] | None = None  # how the last LLR update was split across ranks
         groups, named, unnamed = _normalize_groups(params, model)
         warn_unnamed(unnamed, type(self).__name__)
         super().__init__(groups, defaults)
@@ -266,17 +284,23 @@ class LLROptimizer(torch.optim.Optimizer):
         return [i for i, l in enumerate(self.layers) if l.is_matrix]
 
     def _spectral_matrix(self, layer: Layer, source: str) -> torch.Tensor | None:
-        """The matrix whose spectrum sets this layer's alpha: the weight, or in the gradient phase the gradient
-        (``grad_alpha_source="grad"``) or the optimizer's first moment (``"momentum"``: Muon's momentum buffer
-        or AdamW's exp_avg; the gradient before the first step, when no moment exists yet)."""
+        """The matrix whose spectrum sets this layer's alpha (whole, also when sharded); see ``_spectral_source``."""
+        src = self._spectral_source(layer, source)
+        return None if src is None else _full(src)
+
+    def _spectral_source(self, layer: Layer, source: str) -> torch.Tensor | None:
+        """The tensor (possibly a shard of a DTensor) whose spectrum sets this layer's alpha: the weight, or in the
+        gradient phase the gradient (``grad_alpha_source="grad"``) or the optimizer's first moment
+        (``"momentum"``: Muon's momentum buffer or AdamW's exp_avg; the gradient before the first step, when no
+        moment exists yet)."""
         if source != "grad":
-            return _full(layer.param.detach())
+            return layer.param.detach()
         if getattr(self, "grad_alpha_source", "grad") == "momentum":
             st = self.state.get(layer.param, {})
             buf = st.get("momentum_buffer", st.get("exp_avg"))
             if buf is not None:
-                return _full(buf)
-        return None if layer.param.grad is None else _full(layer.param.grad)
+                return buf
+        return layer.param.grad
 
     @_refreshes_multipliers
     @torch.no_grad()
@@ -284,24 +308,51 @@ class LLROptimizer(torch.optim.Optimizer):
         """Measure every layer's alpha now and set new multipliers (normally called by ``step``).
 
         Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
-        multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it.
+        multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
+        FSDP2 or DDP the layers are measured by one rank each (``spectral_ranks``; ``last_split`` says how).
         """
         t = self.llr_step if t is None else t
         source = self.llr.source(t)
         start = time.perf_counter()
-        idx, mats = [], []
-        for i in self.measured_layers():
-            m = self._spectral_matrix(self.layers[i], source)
+        measured = self.measured_layers()
+        group, layout = resolve_group(self.spectral_group, self._model_ref() if self._model_ref else None,
+                                      [self.layers[i].param for i in measured])
+        owners = None
+        if group is not None:
+            owners = assign_owners([measure_cost(self.layers[i].shape) for i in measured], dist.get_world_size(group))
+            rank = dist.get_rank(group)
+        idx, mats, received = [], [], 0
+        for j, i in enumerate(measured):
+            src = self._spectral_source(self.layers[i], source)
+            if src is None:
+                continue
+            if owners is None:
+                m = _full(src)
+            elif layout == "dtensor":
+                m = gather_to_owner(src.to_local(), src.shape[0], owners[j], group)  # every rank calls; the owner receives
+                received += 0 if m is None else m.numel() * m.element_size()
+            else:
+                m = src if owners[j] == rank else None
             if m is not None:
                 idx.append(i)
                 mats.append(m)
         alphas = torch.full((len(self.layers),), float("nan"), dtype=torch.float64)
         status = ["vector" if not l.is_matrix else "no_grad" for l in self.layers]
         if mats:
-            res = hill_alpha(mats, method=self.hill_method, variant=self.hill_variant, min_eigs=self.min_eigs, return_status=True)
+            res = hill_alpha(mats, method=self.hill_method, variant=self.hill_variant, min_eigs=self.min_eigs,
+                             return_status=True, target_error=ALPHA_TARGET_ERROR)
             alphas[idx] = res.alpha
             for i, st in zip(idx, res.status):
                 status[i] = st
+        if owners is not None:
+            mine = [i for j, i in enumerate(measured) if owners[j] == rank]
+            shared, shared_status = share_results(alphas, status, mine, group)
+            for i in measured:
+                alphas[i], status[i] = shared[i], shared_status[i]
+            self.last_split = {"world": dist.get_world_size(group), "rank": rank, "layout": layout,
+                               "layers_measured": len(mine), "layers": len(measured), "bytes_received": received,
+                               "bytes_held": sum(m.numel() * m.element_size() for m in mats)}
+        del mats
         outliers = self.llr.update(t, alphas, source)
         for i in torch.nonzero(outliers).flatten().tolist():
             status[i] = STATUS_OUTLIER
@@ -504,7 +555,8 @@ class LLROptimizer(torch.optim.Optimizer):
                 "later step (after_replay() says when a replayed step must run eagerly)"
             )
         t = self.llr_step
-        if self.llr.is_update_step(t):
+        self._state_init_only = self._is_state_init_call()
+        if self.llr.is_update_step(t) and not self._state_init_only:
             self.update_alphas(t)
         mult = self.llr.multipliers(t).to(torch.float64)
         signature = self._grad_signature()
@@ -513,6 +565,7 @@ class LLROptimizer(torch.optim.Optimizer):
                 self._lrs_to_device_tensors()
             self._mult_dev = {}
             self._rebuild_plans()
+            self._mark_layer_state()
             self._signature, self._mult_layers = signature, mult.numel()
         for buf in self._mult_dev.values():
             buf.copy_(mult)
@@ -523,6 +576,13 @@ class LLROptimizer(torch.optim.Optimizer):
         """Host bookkeeping at the end of every step: called by an eager step, and by the llr_tick op when the
         graph of a compiled step runs."""
         if self.capturable and _capturing():  # a capture runs no kernels: each replay is counted by after_replay()
+            return
+        if self.__dict__.pop("_state_init_only", False):  # DCP's state initialisation: not a training step
+            for st in self.state.values():
+                if isinstance(st.get("step"), torch.Tensor):
+                    st["step"].zero_()  # in place: the launches' step buffers hold views of these
+            self.last_grad_norm = None
+            self._host_due = True  # step 0's LLR update is still to come
             return
         self._llr_step += 1
         if self._llr.is_update_step(self._llr_step) or self._llr.ramping(self._llr_step):
@@ -582,38 +642,88 @@ class LLROptimizer(torch.optim.Optimizer):
 
     # ----- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state_dict plus an "llr" entry (step, policy, layer names without wrapper levels and
-        shapes): it loads into an optimizer built on the same model under any wrapper (``checkpoint.py``)."""
+        """torch.optim's state_dict plus the LLR state: an "llr" entry (step, policy, layer names without wrapper
+        levels and shapes: it loads into an optimizer built on the same model under any wrapper, ``checkpoint.py``)
+        and, for torch.distributed.checkpoint, the same values per layer in the state of its parameter (key
+        "llr"), which get/set_optimizer_state_dict carry by parameter FQN."""
         sd = super().state_dict()
         sd["llr"] = llr_entry(self)
+        index = {id(p): k for k, p in enumerate(p for g in self.param_groups for p in g["params"])}
+        for i, entry in per_layer_entries(self).items():
+            k = index[id(self.layers[i].param)]
+            sd["state"][k] = {**sd["state"].get(k, {}), PER_LAYER_KEY: entry}  # a copy: the live state is untouched
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict of an LLR optimizer built on the same model (plain, compiled, DDP, FSDP1 or
-        checkpoint-wrapped alike); a mismatch raises ValueError naming the first differing layer."""
+        checkpoint-wrapped alike; or one that went through torch.distributed.checkpoint, which keeps only the
+        per-layer LLR state); a mismatch raises ValueError naming the first differing layer."""
         state_dict = dict(state_dict)
         llr = state_dict.pop("llr", None)
+        if "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("load_state_dict expects an optimizer state_dict with 'state' and 'param_groups' entries")
+        params_of = self._saved_param_map(state_dict["param_groups"])
+        state, per_layer = {}, {}
+        for key, entry in state_dict["state"].items():
+            entry = dict(entry)
+            layer_entry = entry.pop(PER_LAYER_KEY, None)
+            p = params_of.get(key)
+            if layer_entry is not None and p is not None and id(p) in self._layer_index:
+                per_layer[self.layer_of(p)] = layer_entry
+            if entry:
+                state[key] = entry
         if llr is None:
-            hint = (" For a torch.optim.AdamW checkpoint use load_torch_state_dict (moments carried over, LLR state "
-                    "fresh)." if hasattr(self, "load_torch_state_dict") else "")
-            raise ValueError("this state_dict has no 'llr' entry: it was not saved by an LLR optimizer." + hint)
+            if not per_layer:
+                hint = (" For a torch.optim.AdamW checkpoint use load_torch_state_dict (moments carried over, LLR "
+                        "state fresh)." if hasattr(self, "load_torch_state_dict") else "")
+                raise ValueError("this state_dict has no 'llr' entry: it was not saved by an LLR optimizer." + hint)
+            llr = llr_entry_from_layers(self, per_layer)
         check_layers(llr, self.layers)
+        state_dict["state"] = state
         super().load_state_dict(state_dict)
-        self._restore_state_dtypes(state_dict["state"])
+        self._restore_state_dtypes(state, params_of)
         self.llr.load_state_dict(llr["policy"])
         self.llr_step = int(llr["step"])
         self.hill_status = list(llr.get("hill_status") or ["not_measured"] * len(self.layers))
         self.llr_update_seconds = float(llr.get("update_seconds", 0.0))
         self._on_state_loaded()
 
-    def _restore_state_dtypes(self, saved: dict[Any, dict[str, Any]]) -> None:
+    def _saved_param_map(self, saved_groups: list[dict[str, Any]]) -> dict[Any, torch.Tensor]:
+        """{a saved state key (an index, or an FQN after torch.distributed.checkpoint): this optimizer's parameter},
+        pairing the saved groups' params with ours in order, as torch.optim's load_state_dict does."""
+        saved = [k for g in saved_groups for k in g["params"]]
+        mine = [p for g in self.param_groups for p in g["params"]]
+        return dict(zip(saved, mine)) if len(saved) == len(mine) else {}
+
+    def _restore_state_dtypes(self, saved: dict[Any, dict[str, Any]], params_of: dict[Any, torch.Tensor]) -> None:
         """Undo torch's cast of loaded state to the param dtype: fp32 moments of bf16 params stay fp32."""
-        params = [p for g in self.param_groups for p in g["params"]]
-        for i, p in enumerate(params):
-            for key, value in saved.get(i, {}).items():
-                cur = self.state[p].get(key)
+        for key, entry in saved.items():
+            p = params_of.get(key)
+            if p is None:
+                continue
+            for name, value in entry.items():
+                cur = self.state[p].get(name)
                 if isinstance(value, torch.Tensor) and isinstance(cur, torch.Tensor) and cur.dtype != value.dtype:
-                    self.state[p][key] = value.to(device=cur.device, copy=True)
+                    self.state[p][name] = value.to(device=cur.device, copy=True)
+
+    def _mark_layer_state(self) -> None:
+        """Give every layer parameter that has optimizer state an "llr" entry (a 0-d placeholder tensor, so code that
+        treats every state value as a tensor keeps working; ``state_dict()`` puts the layer's LLR values there): DCP's
+        flattened state_dict format rebuilds on load only the state keys a parameter has now."""
+        for layer in self.layers:
+            st = self.state.get(layer.param)
+            if st and PER_LAYER_KEY not in st:
+                st[PER_LAYER_KEY] = torch.zeros(())
+
+    def _is_state_init_call(self) -> bool:
+        """True for the step with which torch.distributed.checkpoint creates a fresh optimizer's state
+        (``torch.distributed.checkpoint.state_dict._init_optim_state``: no state yet, every lr 0, every gradient
+        zero). That step creates the state and moves nothing; it is not an LLR step (see ``_after_step``)."""
+        if self.state or any(float(g["lr"]) != 0.0 for g in self.param_groups):
+            return False
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.requires_grad]
+        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads if g is not None]
+        return len(local) == len(grads) > 0 and not any(bool(g.any()) for g in local)
 
     def _on_state_loaded(self) -> None:
         """Hook for subclasses that cache buffers built from state."""

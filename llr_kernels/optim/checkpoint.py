@@ -2,8 +2,9 @@
 
 ``state_dict()["llr"]`` names every layer without wrapper levels (``wrappers.normalize_name``), so a checkpoint
 saved by an optimizer built on ``torch.compile(model)`` or ``DDP(model)`` loads into one built on the plain
-model and back. Format history: 1 (no "format" key: names as the model spelled them, no shapes) and 2
-(normalised names, "layer_shapes"); both load, names of either are compared after normalisation.
+model and back. Format history: 1 (no "format" key: names as the model spelled them, no shapes), 2 (normalised
+names, "layer_shapes") and 3 (the same values also per layer, in each layer parameter's state, for
+torch.distributed.checkpoint: see below); all load, names of any are compared after normalisation.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .wrappers import normalize_name
 if TYPE_CHECKING:
     from .base import LLROptimizer
 
-FORMAT = 2
+FORMAT = 3
 # torch.optim group keys that select torch's implementation, not hyperparameters: never copied into ours.
 _TORCH_IMPL_KEYS = frozenset({"params", "param_names", "foreach", "fused", "capturable", "differentiable"})
 
@@ -135,3 +136,76 @@ def load_torch_adamw(opt: "LLROptimizer", state_dict: dict[str, Any], llr_step: 
     opt.state.update(new_state)
     opt.reset_llr(max(steps) if llr_step is None else int(llr_step))
     opt._on_state_loaded()
+
+
+# ----- torch.distributed.checkpoint (DCP) -------------------------------------------------------------
+# DCP's get/set_optimizer_state_dict keep only "state" and "param_groups" of an optimizer's state_dict (state keyed
+# by parameter FQN and resharded under FSDP2), so the LLR state also travels per layer: in the state of the layer's
+# parameter, under PER_LAYER_KEY, as 0-d tensors and ints (DCP's flattened format takes nothing else). Each entry
+# also carries the values all layers share (step, last update, ...), so any one of them restores those.
+PER_LAYER_KEY = "llr"
+STATUS_CODES = ("not_measured", "vector", "no_grad", "ok", "ok_rank_deficient", "too_few_eigenvalues", "non_finite",
+                "zero_matrix", "rank_deficient", "flat_spectrum", "out_of_range", "outlier")
+_SOURCES = ("", "grad", "weight")
+
+
+def per_layer_entries(opt: "LLROptimizer") -> dict[int, dict[str, Any]]:
+    """{layer index: its PER_LAYER_KEY entry}, for ``opt.state_dict()``."""
+    p = opt.llr
+    shared = {
+        "format": FORMAT,
+        "step": int(opt.llr_step),
+        "last_update": -1 if p.last_update is None else int(p.last_update),
+        "last_source": _SOURCES.index(p.last_source or ""),
+        "num_updates": int(p.num_updates),
+        "update_seconds": float(opt.llr_update_seconds),
+    }
+    out = {}
+    for i in range(len(opt.layers)):
+        status = opt.hill_status[i]
+        out[i] = {
+            **shared,
+            "alpha": p.alphas[i].clone(),
+            "target": p.target[i].clone(),
+            "start": p.start[i].clone(),
+            "outlier": int(bool(p.outliers[i])),
+            "status": STATUS_CODES.index(status) if status in STATUS_CODES else 0,
+        }
+    return out
+
+
+def llr_entry_from_layers(opt: "LLROptimizer", entries: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The "llr" entry of a state_dict rebuilt from the per-layer entries DCP brought back ({layer index: entry}).
+
+    Layers without an entry (e.g. frozen parameters, whose state DCP does not keep) start fresh; the shared values
+    come from the first entry."""
+    if not entries:
+        raise ValueError("this state_dict has no 'llr' entry and no per-layer LLR state: it was not saved by an LLR "
+                         "optimizer")
+    first = entries[min(entries)]
+    fmt = int(first.get("format", FORMAT))
+    if fmt > FORMAT:
+        raise ValueError(f"this checkpoint's LLR state has format {fmt}, newer than this llr_kernels reads ({FORMAT}); "
+                         "upgrade llr_kernels to load it")
+    fresh = opt.llr.__class__(opt.llr.config, len(opt.layers), opt.llr.pinned)
+    alphas, target, start = fresh.alphas.clone(), fresh.target.clone(), fresh.start.clone()
+    outliers = torch.zeros(len(opt.layers), dtype=torch.bool)
+    status = ["not_measured"] * len(opt.layers)
+    for i, e in entries.items():
+        alphas[i], target[i], start[i] = (float(e[k]) for k in ("alpha", "target", "start"))
+        outliers[i] = bool(int(e["outlier"]))
+        code = int(e["status"])
+        status[i] = STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else "not_measured"
+    last_update = int(first["last_update"])
+    return {
+        "format": FORMAT,
+        "step": int(first["step"]),
+        "policy": {"alphas": alphas, "target": target, "start": start,
+                   "last_update": None if last_update < 0 else last_update,
+                   "last_source": _SOURCES[int(first["last_source"])] or None,
+                   "num_updates": int(first["num_updates"]), "outliers": outliers},
+        "layer_names": [normalize_name(l.name) for l in opt.layers],  # DCP matched the parameters by FQN already
+        "layer_shapes": [list(l.shape) for l in opt.layers],
+        "hill_status": status,
+        "update_seconds": float(first["update_seconds"]),
+    }

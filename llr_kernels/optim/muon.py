@@ -27,6 +27,8 @@ from ..ops.custom_ops import muon_apply, muon_momentum
 from ..ops.newton_schulz import newton_schulz, resolve_coefficients
 from ..policy import OUTLIER_Z, LLRConfig
 from .adamw import FusedAdamWPart, _is_dtensor, _Launch, validate_adamw_args, validate_step_options
+from .muon_split import SplitMuonStep
+from .spectral_ranks import _row_sharded, resolve_group
 from .base import (LLROptimizer, _normalize_groups, check_backend, check_model_args, classify_named, clip_all_grads,
                    warn_unnamed)
 
@@ -140,10 +142,12 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         muon_backend overrides it for the Muon ops only (e.g. "triton" Muon with a "torch" AdamW part).
     capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
         so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
+    spectral_group: as LLRAdamW's (under DDP, pass the DistributedDataParallel model or its process group).
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
-    FSDP2/DTensor parameters in a Muon group raise NotImplementedError (Newton-Schulz needs whole matrices);
-    use LLRAdamW, or LLRMuon under DDP.
+    Under FSDP2 (row-sharded DTensors on a 1-D mesh) each matrix is orthogonalized on one rank and its rows go
+    back (``muon_split``); under DDP too when the optimizer is built on the DistributedDataParallel model (or
+    given ``spectral_group``). Other DTensor layouts raise NotImplementedError at construction.
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         hill_variant: str = "paper",
         min_eigs: int = 50,
         capturable: bool = False,
+        spectral_group: Any = "auto",
     ) -> None:
         if adamw_weight_decay is None:
             adamw_weight_decay = weight_decay
@@ -209,6 +214,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         super().__init__(
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
+            spectral_group=spectral_group,
         )
         self.grad_alpha_source = grad_alpha_source
         self.muon_backend = muon_backend
@@ -221,6 +227,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         self._launches: list[_Launch] = []  # AdamW part (FusedAdamWPart)
         self._signature: tuple | None = None
         self._muon_plan: _MuonPlan | None = None
+        self._muon_split: SplitMuonStep | None = None
         self._clip_params: list[torch.Tensor] = []
 
     # ----- groups and layers ------------------------------------------------------------------------
@@ -240,10 +247,16 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                         raise ValueError(
                             f"Muon needs 2-D matrices but {name!r} has shape {tuple(p.shape)}; put it in a group with use_muon=False"
                         )
-                    if _is_dtensor(p):
+                    if _is_dtensor(p) and self.capturable:
                         raise NotImplementedError(
-                            f"LLRMuon does not support FSDP2/DTensor parameters yet ({name!r} is a DTensor): Newton-Schulz "
-                            "needs whole matrices. Use LLRAdamW, or LLRMuon under DDP"
+                            f"LLRMuon with capturable=True cannot split Newton-Schulz across ranks ({name!r} is a DTensor; "
+                            "the split's collectives run on the host every step); use capturable=False under FSDP2"
+                        )
+                    if _is_dtensor(p) and not _row_sharded(p):
+                        raise NotImplementedError(
+                            f"LLRMuon supports DTensor parameters sharded along rows on a 1-D mesh (FSDP2's fully_shard); "
+                            f"{name!r} has placements {tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh. Use LLRAdamW "
+                            "for other layouts (HSDP, tensor parallel)"
                         )
                 muon_params += g["params"]
             else:
@@ -287,9 +300,27 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         return self.adamw_group_ids()
 
     def _rebuild_plans(self) -> None:
-        self._build_muon_plan(self._active(self.muon_group_ids()))
+        active = self._active(self.muon_group_ids())
+        group, layout = self._muon_split_group([p for _, p in active])
+        self._muon_split = None if group is None else SplitMuonStep(self, active, group, layout)
+        self._build_muon_plan([] if group is not None else active)
         self._build_launches(self._active(self.adamw_group_ids()))
         self._clip_params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    def _muon_split_group(self, params: list[torch.Tensor]) -> tuple[Any, str]:
+        """The group that splits Newton-Schulz across ranks (``muon_split``): the mesh of FSDP2 parameters (needed:
+        no rank holds whole matrices), or under DDP the spectral group, when there is one; else (None, "")."""
+        if not params:
+            return None, ""
+        if any(_is_dtensor(p) for p in params):
+            group, layout = resolve_group("auto", None, params)
+            if group is None:
+                raise NotImplementedError("LLRMuon's Muon matrices must all be FSDP2 DTensors on one 1-D mesh (or none "
+                                          "of them DTensors)")
+            return group, layout
+        if self.spectral_group is None:
+            return None, ""
+        return resolve_group(self.spectral_group, self._model_ref() if self._model_ref else None, params)
 
     def _build_muon_plan(self, active: list[tuple[int, torch.Tensor]]) -> None:
         """Bucket the stepping Muon matrices by shape and allocate batch buffers (when the set changes: host work)."""
@@ -372,6 +403,9 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         a.filled = key
 
     def _muon_step(self) -> None:
+        if self._muon_split is not None:
+            self._muon_split.step()
+            return
         plan = self._muon_plan
         if plan is None or not plan.params:
             return

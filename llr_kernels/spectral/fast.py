@@ -40,18 +40,41 @@ float32 without the check. Measured interleaved on the 2-core dev machine (load 
 LLaMA-60M hidden matrices take 0.95 s against 3.5 s for the public fp32 ``svdvals`` loop (3.7x; float64 through
 the same threaded op 1.6 s), the 32000 x 768 embedding 0.17 s against 0.46 s.
 
-``method="auto"`` rule (per matrix): exact on CPU (LAPACK eigendecomposition of n <= 2048 is cheaper
-than the 2 * n^2 * probes * steps flops of SLQ there, see benchmarks/results/spectral_overhead_cpu.md)
-and for n < ``AUTO_LANCZOS_MIN_N`` (or n <= 2 * steps, where the Krylov space is most of the space);
-lanczos on CUDA for n >= ``AUTO_LANCZOS_MIN_N``, where cuSOLVER's eigendecomposition runs one matrix
-at a time at O(n^3) each, while SLQ is a few hundred batched GEMMs for the whole model.
+``method="auto"`` rule (per matrix, ``choose_method``): the cheaper of exact and SLQ by a cost model, SLQ only
+where the Krylov space is a small part of the space (n > 2 steps). Costs per n x n Gram, leaving out the Gram
+itself (2 n^2 m flops, common to both): exact = 4/3 n^3 / eig_flops + eig_latency (tridiagonal reduction; the
+tridiagonal eigensolve is O(n^2)); SLQ = max((2 n^2 p s + 4 n p s^2) / lanczos_flops, s n^2 elem / bandwidth)
+(p probes, s steps: matvecs plus two Gram-Schmidt passes, or streaming the Gram once per step). With one flop
+rate for both, SLQ is dearer once p s (1 + 2s/n) > 2n/3: at 32 x 128, for every n <= 6144. The constants are per
+device (``COSTS``): CPU measured (float64 eigvalsh 10-13 GFLOP/s, lanczos_torch 2-3 GFLOP/s on one thread), so
+CPU is exact at every LLaMA shape; CUDA assumed for an H200 (no GPU was available: SLQ 1e13 FLOP/s, 4 TB/s;
+torch's eigvalsh loops cuSOLVER syevd per matrix with a host sync: 5e11 FLOP/s + 1 ms each), so at 32 x 128 SLQ
+wins from n = 257 up. With ``target_error`` the SLQ budget compared is the one the error model needs at
+alpha = ``AUTO_PRIOR_ALPHA`` (3): at 0.02, exact on CPU at every n and on CUDA up to n ~ 4200 (LLaMA-1B's
+2048 and 7B's 4096 included), SLQ above. The batched
+cuSOLVER op (``cusolverDnXsyevBatched``, csrc/spectral_eig_cuda.cu, used by the "cpp" eigvalsh on CUDA) should
+lower the CUDA eig_latency; it was compiled for sm_90 but never run here, so its constants are not measured.
 
-Estimator error (paper variant, measured: tests/test_spectral_fast.py and the benchmark): RMS relative
-alpha error about ``2 (alpha - 1) / (alpha * sqrt(n * probes))``; the default budget (32 probes x 128
-steps, fewer steps when n is small) gives ~1% at n = 2048. ``report["stderr"]`` is a jackknife
-estimate over ``groups`` probe groups of each alpha's standard error. Rank-deficient matrices
-(``rank_deficient="nonzero"``): SLQ estimates the numerical rank from the quadrature mass at the zero floor
-(about n (1 - mass)), then reads the threshold of Eq. 2 on the nonzero part with a second Hill reduction.
+Estimator error (measured: benchmarks/results/spectral_error_cpu.md, tests/test_spectral_fast.py): alpha =
+1 + 1/m for the mean log-excess m = logsum / k, so an error dm moves alpha by (alpha - 1)^2 dm: absolute, not
+relative. Model (``slq_error_model``): RMS |d alpha| ~ ``SLQ_ERR_C`` (alpha - 1)^2 / sqrt(n probes), C = 1.5
+(measured per family at 32 x 128, n = 256-2048: C 0.1-2.9, and 5.8-7.8 for rank 3n/4 at n = 1024, whose threshold
+sits where ln l is sparse, which the jackknife then carries; the fixed budget's max |d alpha| over 9 families was
+0.092 / 0.036 / 0.039 at n = 256 / 1024 / 2048, above 0.02 at every n). Plus a bias probes do not remove
+(``slq_bias_model``): SLQ reads a smoothed quantile where Eq. 2 reads one eigenvalue, about a local eigenvalue
+gap apart: <~ ``SLQ_BIAS_C`` (alpha - 1)^2 / n (3 x 4 / 256 = 0.047 at alpha 3, n = 256). ``report["stderr"]``
+is a jackknife estimate over ``groups`` probe groups of each alpha's standard error (8 groups: itself uncertain
+by ~30%).
+
+``target_error`` (default None: the fixed budget, as before): each matrix's bound is TARGET_Z (3) x
+max(jackknife, model RMS) + bias (``slq_error_bound``). SLQ matrices above the target get the probe count the
+model says they need (powers of two of ``probes``, new probes pooled with the old; the Gram is formed again per
+round) while SLQ at that total still costs less than exact (or up to ``max_probes``); the rest, and SLQ matrices
+whose status is not ok, go to exact (``target_fallback="exact"``) or keep their SLQ alpha with
+``target_met`` False ("flag"). Exact matrices are within EXACT_REL_TOL x alpha. The report carries the bound,
+the verdict and the final probes per matrix. Rank-deficient matrices (``rank_deficient="nonzero"``): SLQ
+estimates the numerical rank from the quadrature mass at the zero floor (about n (1 - mass)), then reads the
+threshold of Eq. 2 on the nonzero part with a second Hill reduction.
 
 Why a few launches and not one fused Gram -> Lanczos -> Hill kernel (analysis; no GPU was available to
 measure): every Lanczos step needs the whole previous vector, i.e. a grid-wide dependency per step. A fused
@@ -68,7 +91,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -76,6 +99,7 @@ from .. import dispatch
 from .hill import (
     DEFAULT_ALPHA_MAX,
     METHODS,
+    OK_STATUSES,
     STATUS_NON_FINITE,
     STATUS_OK,
     STATUS_OK_RANK_DEFICIENT,
@@ -96,23 +120,109 @@ from .hill import (
 )
 from .lanczos import rademacher_probes
 
-__all__ = ["hill_alpha_fast", "choose_method", "hill_params", "EXACT_REL_TOL"]
+__all__ = ["hill_alpha_fast", "choose_method", "hill_params", "EXACT_REL_TOL", "DeviceCost", "COSTS", "exact_cost",
+           "lanczos_cost", "slq_error_model", "slq_bias_model", "slq_error_bound", "probes_needed"]
 
 DEFAULT_PROBES = 32
 DEFAULT_STEPS = 128
 DEFAULT_GROUPS = 8  # jackknife probe groups
-AUTO_LANCZOS_MIN_N = 1024  # on CUDA; see module docstring
+AUTO_LANCZOS_MIN_N = 1024  # no longer used by "auto" (cost model, ``choose_method``); kept for importers
 EXACT_REL_TOL = 1e-5  # float32 alphas farther than this (by their bound) from float64 Eq. 2 are recomputed
 FP32_ERR_C = 64.0  # error-bound constant of float32 Gram + float32 eigvalsh: 2.3x the largest ratio measured (28)
 GRAM32_ERR_C = 24.0  # ... of float32 Gram + float64 eigvalsh: 1.9x the largest measured (12.5)
 U32 = 2.0**-24
+# SLQ error model (module docstring): RMS |d alpha| ~ SLQ_ERR_C (alpha - 1)^2 / sqrt(n probes)
+SLQ_ERR_C = 1.5
+# ... plus a bias that probes do not remove: SLQ reads a smoothed quantile, Eq. 2 one eigenvalue, which differ
+# by up to about a gap between neighbouring eigenvalues at the threshold: |d alpha| <~ SLQ_BIAS_C (alpha - 1)^2 / n
+SLQ_BIAS_C = 3.0
+TARGET_Z = 3.0  # target_error is met when TARGET_Z x max(jackknife stderr, model RMS) + bias <= target_error
+AUTO_PRIOR_ALPHA = 3.0  # alpha assumed by "auto" to size the Lanczos budget a target needs (MP at aspect 2.7)
+TARGET_FALLBACKS = ("exact", "flag")
 
 
-def choose_method(n: int, device: torch.device, steps: int = DEFAULT_STEPS) -> str:
-    """The ``method="auto"`` rule for one n x n Gram on ``device``: "exact" or "lanczos"."""
-    if device.type == "cuda" and n >= AUTO_LANCZOS_MIN_N and n > 2 * steps:
-        return "lanczos"
-    return "exact"
+# ---------------------------------------------------------------------------------------------- cost model
+class DeviceCost(NamedTuple):
+    """Per-device throughput constants of the cost model (module docstring). Rates are effective rates of this
+    library's implementations, not peaks."""
+
+    lanczos_flops: float  # flop/s of a Lanczos step (batched matvec + reorthogonalisation) per matrix
+    eig_flops: float  # flop/s of the eigensolver on its ~4/3 n^3 tridiagonal reduction
+    eig_latency: float  # seconds per matrix on top (per-matrix solver launches and host syncs)
+    bandwidth: float  # bytes/s at which a Lanczos step streams the Gram
+    elem: int  # bytes per Gram entry (float64 on CPU, float32 on CUDA)
+
+
+COSTS: dict[str, DeviceCost] = {
+    # measured on the 2-core dev machine, 1 thread: float64 eigvalsh 10-13 GFLOP/s at n = 512-1024 (4/3 n^3),
+    # lanczos_torch 1.8-3.3 GFLOP/s (32 probes x 128 steps, n = 512-1024; small ops dominate), ~10 GB/s
+    "cpu": DeviceCost(lanczos_flops=3e9, eig_flops=12e9, eig_latency=0.0, bandwidth=1e10, elem=8),
+    # H200, assumed (no GPU was available to measure): fp32 batched matvec + reorthogonalisation 1e13 FLOP/s;
+    # torch.linalg.eigvalsh loops cuSOLVER syevd per matrix: ~5e11 FLOP/s on 4/3 n^3 plus ~1 ms launches + sync
+    "cuda": DeviceCost(lanczos_flops=1e13, eig_flops=5e11, eig_latency=1e-3, bandwidth=4.0e12, elem=4),
+}
+
+
+def _costs(device: torch.device | str, costs: DeviceCost | None) -> DeviceCost:
+    kind = device if isinstance(device, str) else device.type
+    return costs if costs is not None else COSTS["cuda" if kind == "cuda" else "cpu"]
+
+
+def exact_cost(n: int, device: torch.device | str, costs: DeviceCost | None = None) -> float:
+    """Seconds for one n x n Gram's eigenvalues: ~4/3 n^3 flops of tridiagonal reduction (the O(n^2) tridiagonal
+    eigensolver is negligible) plus the per-matrix latency. The Gram itself (2 n^2 m flops) is common to both
+    methods and left out."""
+    c = _costs(device, costs)
+    return 4.0 / 3.0 * n**3 / c.eig_flops + c.eig_latency
+
+
+def lanczos_cost(n: int, probes: int, steps: int, device: torch.device | str, costs: DeviceCost | None = None) -> float:
+    """Seconds of SLQ on one n x n Gram: per step, the larger of 2 n^2 probes matvec flops (plus two classical
+    Gram-Schmidt passes, 4 n probes s^2 flops over s steps) and the n^2 elem bytes of streaming the Gram."""
+    c = _costs(device, costs)
+    s = min(steps, n)
+    flops = 2.0 * n * n * probes * s + 4.0 * n * probes * s * s
+    return max(flops / c.lanczos_flops, s * n * n * c.elem / c.bandwidth)
+
+
+def slq_error_model(alpha: float, n: int, probes: int) -> float:
+    """Modelled RMS |d alpha| of SLQ against Eq. 2: an error dm in the mean log-excess m = logsum / k moves
+    alpha = 1 + 1/m by (alpha - 1)^2 dm, and dm falls as 1 / sqrt(n probes) (Rademacher probes)."""
+    return SLQ_ERR_C * (alpha - 1.0) ** 2 / math.sqrt(n * probes)
+
+
+def slq_bias_model(alpha: float, n: int) -> float:
+    """Bound on the |d alpha| more probes cannot remove: SLQ's smoothed threshold quantile against Eq. 2's single
+    eigenvalue l_{n-k}, about a local eigenvalue gap (1 / (n x density of ln l)) apart, times (alpha - 1)^2."""
+    return SLQ_BIAS_C * (alpha - 1.0) ** 2 / n
+
+
+def slq_error_bound(alpha: float, n: int, probes: int, stderr: float = 0.0) -> float:
+    """The |d alpha| bound target_error is checked against: TARGET_Z x max(jackknife stderr, modelled RMS) + bias."""
+    return TARGET_Z * max(stderr, slq_error_model(alpha, n, probes)) + slq_bias_model(alpha, n)
+
+
+def probes_needed(n: int, target_error: float, alpha: float, probes: int) -> int | None:
+    """Smallest probes x 2^j whose modelled bound is within target_error; None if the bias alone exceeds it."""
+    if slq_bias_model(alpha, n) >= target_error:
+        return None
+    p = probes
+    while slq_error_bound(alpha, n, p) > target_error:
+        p *= 2
+    return p
+
+
+def choose_method(n: int, device: torch.device | str, steps: int = DEFAULT_STEPS, probes: int = DEFAULT_PROBES,
+                  target_error: float | None = None, costs: DeviceCost | None = None) -> str:
+    """The ``method="auto"`` rule for one n x n Gram on ``device``: "lanczos" when SLQ at the budget it needs
+    (``probes``; with target_error, ``probes_needed`` at alpha = AUTO_PRIOR_ALPHA) costs less than exact by
+    the cost model and the Krylov space is a small part of the space (n > 2 steps), else "exact"."""
+    if n <= 2 * steps:
+        return "exact"
+    p = probes if target_error is None else probes_needed(n, target_error, AUTO_PRIOR_ALPHA, probes)
+    if p is None:
+        return "exact"
+    return "lanczos" if lanczos_cost(n, p, steps, device, costs) < exact_cost(n, device, costs) else "exact"
 
 
 def default_budget(device: torch.device) -> int:
@@ -176,6 +286,10 @@ def hill_alpha_fast(
     tf32: bool | None = None,
     memory_budget: int | None = None,
     report: dict | None = None,
+    target_error: float | None = None,
+    max_probes: int | None = None,
+    target_fallback: str = "exact",
+    costs: DeviceCost | None = None,
 ) -> HillResult:
     """PL_Alpha_Hill of every matrix (float64 CPU alphas + status strings, as ``hill.hill_alpha``).
 
@@ -190,7 +304,22 @@ def hill_alpha_fast(
     report: if a dict is given it receives "stderr" (jackknife std. error, 0 for exact), "method" (per
         matrix), "chunks", "peak_extra_bytes_est", on CUDA "peak_extra_bytes" (measured), "fp64_eig" (indices
         settled by float64 eigenvalues of their float32 Gram, tier 2) and "fp64_rerun" (indices recomputed in
-        float64 throughout, tier 3).
+        float64 throughout, tier 3). With target_error also "error_est" (per matrix: the |d alpha| bound used,
+        ``slq_error_bound`` for SLQ (inf for a status exact must decide), EXACT_REL_TOL x alpha for exact, 0 without an
+        alpha), "target_met" (per matrix bool), "probes" (final SLQ probes, 0 for exact) and "to_exact" (indices
+        SLQ handed to the exact path), "alpha_fixed" / "stderr_fixed" / "status_fixed" (the answer of the fixed
+        budget, before any refinement).
+    target_error: None (default: the fixed budget, unchanged behaviour) or the |d alpha| each alpha must meet
+        against float64 Eq. 2. SLQ matrices whose error_est exceeds it get more probes (the number the error
+        model predicts, in powers of two of ``probes``) while SLQ at the new total still costs less than exact by
+        the cost model (or, with max_probes, up to max_probes probes), then go to exact (target_fallback="exact") or keep
+        their SLQ alpha with target_met False ("flag"). SLQ matrices with a status other than ok /
+        ok_rank_deficient also go to exact (or are flagged), so statuses are exact's. Exact matrices meet any
+        target >= 1e-5 x alpha (target mode runs exact with the checked float32 tiers, or float64 for dtype
+        float64). "auto" sizes the SLQ budget it compares with exact for this target (``choose_method``).
+    max_probes, target_fallback: see target_error.
+    costs: throughput constants of the cost model (default ``COSTS`` of the matrices' device type), used by "auto"
+        and by target_error's hand-over to exact (e.g. ``COSTS["cuda"]`` to replay GPU decisions on CPU).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -202,6 +331,12 @@ def hill_alpha_fast(
         )
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
+    if target_error is not None and not (target_error > 0 and math.isfinite(target_error)):
+        raise ValueError(f"target_error must be a positive |d alpha| (e.g. 0.02) or None, got {target_error}")
+    if target_fallback not in TARGET_FALLBACKS:
+        raise ValueError(f"target_fallback must be one of {TARGET_FALLBACKS}, got {target_fallback!r}")
+    if max_probes is not None and max_probes < probes:
+        raise ValueError(f"max_probes ({max_probes}) must be >= probes ({probes})")
     opts = _Opts(variant, min_eigs, rank_deficient, alpha_max)
     mats = [as_matrix(w.detach()) for w in matrices]
     nmat = len(mats)
@@ -216,7 +351,7 @@ def hill_alpha_fast(
         n = min(w.shape)
         if n < max(2, min_eigs):
             continue
-        chosen[i] = method if method != "auto" else choose_method(n, w.device, steps)
+        chosen[i] = method if method != "auto" else choose_method(n, w.device, steps, probes, target_error, costs)
         groups_of[(chosen[i], n, w.device)].append(i)
     lz = [i for (m, _, _), idx in groups_of.items() if m == "lanczos" for i in idx]
     for i, e in zip(lz, prescale([mats[i] for i in lz])):  # the exact path reads max|W| inside its Gram op
@@ -237,7 +372,8 @@ def hill_alpha_fast(
     for (m, n, device), idx in groups_of.items():
         budget = memory_budget if memory_budget is not None else default_budget(device)
         if m == "exact":
-            _run_exact(mats, idx, n, device, dtype, backend, budget, opts, alpha, status, stats)
+            edt = dtype if target_error is None or dtype == torch.float64 else None
+            _run_exact(mats, idx, n, device, edt, backend, budget, opts, alpha, status, stats)
         else:
             idx = [i for i in idx if status[i] == STATUS_TOO_FEW]  # not settled by prescale
             if idx:
@@ -245,6 +381,16 @@ def hill_alpha_fast(
                              gen_cache, node_rows, status, stats)
     for device, rows in node_rows.items():
         _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status)
+    tgt = None
+    if target_error is not None:
+        tgt = _Target(target_error, max_probes, target_fallback, nmat, costs)
+        tgt.fixed = (alpha.clone(), stderr.clone(), list(status))  # the fixed budget's answer, before refinement
+        for device, rows in node_rows.items():
+            _refine(tgt, rows, device, mats, exps, dtype, backend, memory_budget, probes, steps, groups, seed, tf32,
+                    gen_cache, opts, alpha, stderr, status, chosen, stats)
+        for i in range(nmat):
+            if chosen[i] != "lanczos" and status[i] in OK_STATUSES:  # exact: within EXACT_REL_TOL of float64
+                tgt.err[i] = EXACT_REL_TOL * float(alpha[i])
 
     if report is not None:
         measured = None
@@ -253,6 +399,10 @@ def hill_alpha_fast(
             measured = torch.cuda.max_memory_allocated(cuda_dev) - base_mem
         report.update(stderr=stderr, method=chosen, chunks=stats["chunks"], peak_extra_bytes_est=stats["peak"],
                       peak_extra_bytes=measured, fp64_rerun=sorted(stats["rerun"]), fp64_eig=sorted(stats["tier2"]))
+        if tgt is not None:
+            report.update(error_est=tgt.err, target_met=[bool(x <= target_error) for x in tgt.err.tolist()],
+                          probes=tgt.probes, to_exact=sorted(tgt.to_exact), alpha_fixed=tgt.fixed[0],
+                          stderr_fixed=tgt.fixed[1], status_fixed=tgt.fixed[2])
     return HillResult(alpha, status)
 
 
@@ -481,3 +631,77 @@ def _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status) 
     jk = ((groups - 1) / groups * (reps - reps.mean(1, keepdim=True)).square().sum(1)).sqrt()
     for r, i in enumerate(idx):
         stderr[i] = float(jk[r]) if status[i] in (STATUS_OK, STATUS_OK_RANK_DEFICIENT) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- target_error
+class _Target:
+    """State of the target_error refinement: per-matrix error estimates and probe counts."""
+
+    def __init__(self, target: float, max_probes: int | None, fallback: str, nmat: int, costs: DeviceCost | None):
+        self.target, self.max_probes, self.fallback, self.costs = target, max_probes, fallback, costs
+        self.err = torch.zeros(nmat, dtype=torch.float64)
+        self.probes = [0] * nmat
+        self.to_exact: list[int] = []
+
+
+def _refine(tgt, rows, device, mats, exps, dtype, backend, memory_budget, probes, steps, groups, seed, tf32, gen_cache,
+            opts, alpha, stderr, status, chosen, stats) -> None:
+    """Give the SLQ matrices of one device more probes until TARGET_Z x max(jackknife, model) <= target; a matrix
+    whose extra SLQ would cost more than exact (or pass max_probes), or whose status is not ok, goes to exact
+    (or is flagged). Probes of later rounds are new draws of the same generator, pooled with the earlier ones;
+    each round is one SLQ run per (n, extra probes) and one Hill reduction per probe count."""
+    cur = {r[0]: r for r in rows}
+    pc = {i: probes for i in cur}  # probes pooled so far, per matrix
+    budget = memory_budget if memory_budget is not None else default_budget(device)
+    todo = list(cur)
+    while todo:
+        grow: dict[tuple[int, int], list[int]] = defaultdict(list)  # (n, extra probes) -> indices
+        hand: dict[int, list[int]] = defaultdict(list)
+        for i in todo:
+            n, p = cur[i][1], pc[i]
+            tgt.probes[i] = p
+            if status[i] not in OK_STATUSES:
+                tgt.err[i] = float("inf")
+                hand[n].append(i)
+                continue
+            a = float(alpha[i])
+            tgt.err[i] = slq_error_bound(a, n, p, float(stderr[i]))
+            if tgt.err[i] <= tgt.target:
+                continue
+            room = tgt.target - slq_bias_model(a, n)  # what the statistical part may use; <= 0: probes cannot help
+            stat = tgt.err[i] - slq_bias_model(a, n)
+            want = p * 2 ** max(1, math.ceil(math.log2((stat / room) ** 2))) if room > 0 else 0
+            if room <= 0:
+                ok = False
+            elif tgt.max_probes is not None:
+                want = min(want, tgt.max_probes // groups * groups)
+                ok = want > p
+            else:
+                ok = lanczos_cost(n, want, steps, device, tgt.costs) < exact_cost(n, device, tgt.costs)  # all rounds
+            if ok:
+                grow[(n, want - p)].append(i)
+            else:
+                hand[n].append(i)
+        if tgt.fallback == "exact":
+            edt = dtype if dtype == torch.float64 else None
+            for n, idx in hand.items():
+                _run_exact(mats, idx, n, device, edt, backend, budget, opts, alpha, status, stats)
+                for i in idx:
+                    chosen[i], stderr[i], tgt.probes[i] = "exact", 0.0, 0
+                    tgt.err[i] = EXACT_REL_TOL * float(alpha[i]) if status[i] in OK_STATUSES else 0.0
+                    tgt.to_exact.append(i)
+        more: dict[torch.device, list] = defaultdict(list)
+        for (n, extra), idx in grow.items():
+            _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, extra, steps, groups, seed, tf32,
+                         gen_cache, more, status, stats)
+        for r in more[device]:  # pool the new probes with the old ones
+            i, old = r[0], cur[r[0]]
+            cur[i] = (i, r[1], torch.cat([old[2], r[2]]), torch.cat([old[3], r[3]]), torch.maximum(old[4], r[4]),
+                      old[5], old[6])
+            pc[i] += r[2].shape[0]
+        todo = [i for idx in grow.values() for i in idx]
+        by_p: dict[int, list[int]] = defaultdict(list)
+        for i in todo:
+            by_p[pc[i]].append(i)
+        for idx in by_p.values():
+            _finish_lanczos([cur[i] for i in idx], device, backend, groups, opts, alpha, stderr, status)

@@ -304,6 +304,8 @@ def hill_alpha(
     rank_deficient: "nonzero" (Eq. 2 on the nonzero eigenvalues when its threshold is numerically zero) or "nan".
     alpha_max: alphas above it are NaN with status "out_of_range"; None disables the bound.
     return_status: also return a status string per matrix (see the module docstring for every status).
+    target_error (keyword, default None): |d alpha| every alpha must meet against float64 Eq. 2; see
+        ``fast.hill_alpha_fast`` (exact meets any target).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -319,6 +321,7 @@ def hill_alpha(
             alpha_max=alpha_max, **method_kwargs,
         )
         return result if return_status else result.alpha
+    method_kwargs.pop("target_error", None)  # float64 Eq. 2 itself: meets any target
     if method_kwargs:
         raise TypeError(f"unexpected arguments for method='exact': {sorted(method_kwargs)}")
     alpha = torch.full((len(mats),), float("nan"), dtype=torch.float64)

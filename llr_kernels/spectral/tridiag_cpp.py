@@ -4,7 +4,8 @@
   ``lanczos.tridiag_eig_torch``: implicit QL rotating only the first eigenvector row, O(s^2) per tridiagonal
   (dense batched eigh is O(s^3) and, on CUDA, one cuSOLVER call per matrix for s > 32).
 - ``gram_eigvalsh_cpp`` / ``eigvalsh_cpp``: Gram eigenvalues of many equal-n matrices on CPU, one matrix per
-  thread. Same contracts as ``gram_torch.gram_eigvalsh_torch`` / ``gram_torch.eigvalsh_batch_torch``.
+  thread; ``eigvalsh_cpp`` on CUDA: one batched cuSOLVER call (``cusolverDnXsyevBatched``, csrc/spectral_eig_cuda.cu)
+  where available. Same contracts as ``gram_torch.gram_eigvalsh_torch`` / ``gram_torch.eigvalsh_batch_torch``.
 """
 from __future__ import annotations
 
@@ -46,10 +47,30 @@ def gram_eigvalsh_cpp(
     return eigs, (grams if keep_grams else None)
 
 
+def eigvalsh_batched_cuda_reason(mod=None) -> str | None:
+    """None when the batched cuSOLVER op (csrc/spectral_eig_cuda.cu) can run here, else why not."""
+    if mod is None:
+        from .. import _ext
+
+        mod = _ext.load_extension()
+        if mod is None:
+            return "the C++/CUDA extension is unavailable"
+    if not hasattr(mod, "eigvalsh_batched_cuda"):
+        return "the extension was built without CUDA"
+    return mod.eigvalsh_batched_cuda_unavailable() or None
+
+
 def eigvalsh_cpp(grams: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, n) ascending eigenvalues of the lower triangles of (B, n, n) matrices in ``dtype``, one per thread (CPU;
-    on CUDA the torch reference)."""
-    if grams.device.type != "cpu":  # no CUDA kernel of its own: torch's (cuSOLVER) path
+    """(B, n) ascending eigenvalues of the lower triangles of (B, n, n) matrices in ``dtype``: on CPU one matrix per
+    thread; on CUDA one ``cusolverDnXsyevBatched`` call for the whole batch (cuSOLVER >= 11.7), else (older
+    cuSOLVER, a build without it, or a solver error) torch's eigvalsh, which loops syevd per matrix for n > 32."""
+    if grams.device.type != "cpu":
+        mod = _module(grams.device)
+        if eigvalsh_batched_cuda_reason(mod) is None and dtype in (torch.float32, torch.float64):
+            try:
+                return mod.eigvalsh_batched_cuda(grams, dtype)
+            except RuntimeError:  # solver status error: the per-matrix path below still answers
+                pass
         from .gram_torch import eigvalsh_batch_torch
 
         return eigvalsh_batch_torch(grams, dtype)

@@ -1,0 +1,129 @@
+"""LLRMuon's Muon step with each matrix orthogonalized on exactly one rank (FSDP2, and DDP when asked).
+
+Newton-Schulz needs whole matrices; the rest of Muon's step is elementwise. So, per step:
+1. momentum / Nesterov on each rank's own rows (FSDP2 shards; the whole matrix under DDP);
+2. each Newton-Schulz input goes to its owner (FSDP2: ``dist.gather`` of the row shards; DDP: already there);
+3. every owner orthogonalizes its matrices, batched by shape, as a single process does;
+4. the results go back (FSDP2: ``dist.scatter`` of the rows; DDP: ``dist.broadcast`` of the matrix);
+5. decoupled weight decay and the update on each rank's own rows, with each matrix's LR.
+Owners come from ``spectral_ranks.assign_owners`` over the Newton-Schulz cost (m n min(m, n) per iteration),
+so the work is balanced and every rank computes the same assignment. This follows microsoft/dion's
+distributed Muon in spirit (one owner per matrix), with one collective per matrix instead of batched
+all-to-alls: simple and exact, not yet tuned (nothing here has run on more than CPU gloo ranks).
+
+The momentum buffers have the parameters' layout (DTensors under FSDP2), so checkpoints (DCP) reshard them.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from ..ops.muon_torch import muon_apply_torch, muon_momentum_torch
+from ..ops.newton_schulz import newton_schulz
+from .spectral_ranks import _comm_device, assign_owners, gather_to_owner
+
+if TYPE_CHECKING:
+    from .muon import LLRMuon
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def ns_cost(shape: tuple[int, ...]) -> float:
+    """Flops of one Newton-Schulz iteration on an m x n matrix, up to a constant: m n min(m, n)."""
+    m, n = int(shape[0]), int(shape[1])
+    return float(m) * n * min(m, n)
+
+
+def scatter_rows(full: torch.Tensor | None, like: torch.Tensor, dtype: torch.dtype, owner: int, group: Any) -> torch.Tensor:
+    """The owner's ``full`` matrix (of ``dtype``: every rank must name it) split into the row shards of the DTensor
+    ``like``; this rank's shard."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    rows = int(like.shape[0])
+    chunk = -(-rows // world)
+    dev = _comm_device(group)
+    local = _local(like)
+    out = torch.empty((chunk, *like.shape[1:]), dtype=dtype, device=dev)
+    parts = None
+    if rank == owner:
+        padded = torch.zeros((chunk * world, *full.shape[1:]), dtype=dtype, device=dev)
+        padded[:rows].copy_(full)
+        parts = list(padded.split(chunk))
+    dist.scatter(out, parts, src=dist.get_global_rank(group, owner), group=group)
+    return out[: local.shape[0]].to(local.device)
+
+
+class SplitMuonStep:
+    """The Muon part of an LLRMuon step, split across the ranks of ``group`` (layout "dtensor" or "replicated")."""
+
+    def __init__(self, opt: "LLRMuon", active: list[tuple[int, torch.Tensor]], group: Any, layout: str) -> None:
+        from .muon import adjust_lr_ratio
+
+        if opt.capturable:
+            raise NotImplementedError("LLRMuon with capturable=True cannot split Newton-Schulz across ranks (its "
+                                      "collectives run per step on the host); use capturable=False under FSDP2/DDP")
+        self.opt, self.group, self.layout = opt, group, layout
+        self.group_index = [gi for gi, _ in active]
+        self.params = [p for _, p in active]
+        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
+        self.last_orthogonalized = 0  # matrices this rank orthogonalized in the last step
+        self.owners = assign_owners([ns_cost(tuple(p.shape)) for p in self.params], self.world)
+        self.ratios = [adjust_lr_ratio(opt.param_groups[gi]["adjust_lr_fn"], opt.layers[opt.layer_of(p)].logical_shape)
+                       for gi, p in active]
+        device = _local(self.params[0]).device if self.params else torch.device("cpu")
+        self.multipliers = opt._multipliers_on(device)  # written by the optimizer's host step
+        for p in self.params:
+            st = opt.state[p]
+            if "momentum_buffer" not in st:
+                sdt = opt.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
+                st["momentum_buffer"] = torch.zeros_like(p, dtype=sdt)  # a DTensor like p under FSDP2
+
+    def step(self) -> None:
+        opt = self.opt
+        inputs = []  # 1. momentum on this rank's rows; the Newton-Schulz input in ns dtype
+        for gi, p in zip(self.group_index, self.params):
+            g = opt.param_groups[gi]
+            grad = _local(p.grad)
+            grad = -grad if g["maximize"] else grad
+            buf = _local(opt.state[p]["momentum_buffer"])
+            u = torch.empty(buf.shape, dtype=opt.ns_dtype, device=buf.device)
+            muon_momentum_torch([grad.contiguous()], [buf], [u], momentum=float(g["momentum"]), nesterov=bool(g["nesterov"]))
+            inputs.append(u)
+        whole: dict[int, torch.Tensor] = {}  # 2. whole inputs on their owners
+        for i, (p, u) in enumerate(zip(self.params, inputs)):
+            if self.layout == "dtensor":
+                m = gather_to_owner(u, int(p.shape[0]), self.owners[i], self.group)
+                if m is not None:
+                    whole[i] = m
+            elif self.owners[i] == self.rank:
+                whole[i] = u
+        self.last_orthogonalized = len(whole)
+        ortho: dict[int, torch.Tensor] = {}  # 3. Newton-Schulz on the owner, batched by shape and settings
+        buckets: dict[tuple, list[int]] = {}
+        for i in whole:
+            g = opt.param_groups[self.group_index[i]]
+            key = (tuple(whole[i].shape), str(g["ns_coefficients"]), int(g["ns_steps"]), float(g["ns_eps"]))
+            buckets.setdefault(key, []).append(i)
+        for (_, _, steps, eps), members in buckets.items():
+            g = opt.param_groups[self.group_index[members[0]]]
+            out = newton_schulz(torch.stack([whole[i] for i in members]), g["ns_coefficients"], steps, eps=eps,
+                                dtype=opt.ns_dtype)
+            for j, i in enumerate(members):
+                ortho[i] = out[j]
+        mult = self.multipliers.tolist()  # 4. results back, 5. the update on own rows
+        for i, (gi, p) in enumerate(zip(self.group_index, self.params)):
+            if self.layout == "dtensor":
+                o = scatter_rows(ortho.get(i), p, inputs[i].dtype, self.owners[i], self.group)
+            else:
+                o = ortho[i] if i in ortho else torch.empty_like(inputs[i])
+                o = o.contiguous()
+                dist.broadcast(o, src=dist.get_global_rank(self.group, self.owners[i]), group=self.group)
+            g = opt.param_groups[gi]
+            lr = float(g["lr"]) * mult[opt.layer_of(p)]
+            decays = torch.tensor([1.0 - lr * float(g["weight_decay"])], dtype=torch.float64)
+            steps = torch.tensor([lr * self.ratios[i]], dtype=torch.float64)
+            muon_apply_torch([_local(p)], [o.to(_local(p).device)], decays, steps)
+
