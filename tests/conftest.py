@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 
 import pytest
 import torch
@@ -92,6 +93,27 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("llr_requires"):
         _missing(mark.args[0])
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-process gloo group in this process (DDP and FSDP2 need one), torn down afterwards."""
+    import torch.distributed as dist
+
+    require(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
+    assert not dist.is_initialized(), "another test left a process group behind"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.fixture

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import copy
 import io
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from conftest import require
 from llr_kernels import LLRAdamW
 from llr_kernels.optim.wrappers import normalize_name
 from tiny_models import TinyLlama, batches, lm_loss
@@ -57,24 +54,6 @@ def train(model, opt, batches_, sched=None) -> None:
             sched.step()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def ddp_group():
-    """A one-process gloo group (DDP needs one), torn down afterwards."""
-    require(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
-    assert not dist.is_initialized(), "another test left a process group behind"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def wrap(model: TinyLlama, how: str):
     """What the optimizer is built on: the model under a wrapper (parameters shared with ``model``)."""
     if how == "plain":
@@ -98,7 +77,7 @@ def wrap(model: TinyLlama, how: str):
 ])
 def test_checkpoint_loads_across_wrappers_and_continues_bit_for_bit(saved_on, loaded_on, request, seed):
     if "ddp" in (saved_on, loaded_on):
-        request.getfixturevalue("ddp_group")
+        request.getfixturevalue("one_rank_group")
     torch.manual_seed(seed)
     init = TinyLlama()
     data = batches(8, seed=seed)

@@ -2,7 +2,6 @@
 batch, with the LLR update and LLRMuon's Newton-Schulz split across ranks; DCP checkpoints across ranks."""
 import copy
 import os
-import socket
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(__file__))
 from tiny_models import TinyLlama, batches, lm_loss  # noqa: E402
 
-from conftest import requires  # noqa: E402
+from conftest import free_port, requires  # noqa: E402
 from llr_kernels import LLRAdamW, LLRMuon  # noqa: E402
 
 STEPS, WORLD = 6, 2
@@ -32,12 +31,6 @@ def make_opt(name: str, model: torch.nn.Module):
     return LLRAdamW(model, **OPT_KW) if name == "LLRAdamW" else LLRMuon(model, **MUON_KW)
 
 pytestmark = requires(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker(rank: int, mode: str, world: int, port: int, init: dict, out: str) -> None:
@@ -127,17 +120,6 @@ def test_matches_single_process(mode, world, tmp_path):
             assert all(s["bytes_received"] < 1.5 / world * total for s in splits)
         else:
             assert all(s["bytes_received"] == 0 for s in splits)
-
-
-@pytest.fixture
-def one_rank_group():
-    """A one-process gloo group in this process (FSDP2 needs one to shard), torn down afterwards."""
-    assert not dist.is_initialized(), "another test left a process group behind"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):

@@ -12,6 +12,7 @@ from ..dispatch import get_op
 from ..ops.custom_ops import adamw_step
 from ..layers import Classifier
 from ..policy import OUTLIER_Z, LLRConfig
+from ._dtensor import is_dtensor, local
 from .base import LLROptimizer, check_backend, clip_all_grads
 from .checkpoint import load_torch_adamw
 
@@ -32,15 +33,6 @@ class _Launch:
     sharded: bool = False  # DTensor params: local shards are taken at every step
     state_lists: tuple | None = None  # (exp_avgs, exp_avg_sqs, max_exp_avg_sqs or []), when not sharded
     filled: tuple | None = None  # eager mode: the host values lrs / weight_decays were last computed from
-
-
-def _is_dtensor(t: object) -> bool:
-    return callable(getattr(t, "to_local", None))
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of an FSDP2/DTensor tensor (elementwise steps act on shards); plain tensors as is."""
-    return t.to_local() if _is_dtensor(t) else t
 
 
 def validate_adamw_args(
@@ -117,7 +109,7 @@ class FusedAdamWPart:
             buckets.setdefault(key, []).append((gi, p))
         self._launches = []
         for (_, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
-            device = _local(items[0][1]).device
+            device = local(items[0][1]).device
             backend, _ = get_op("adamw_step", self.backend, device)
             buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
             params = [p for _, p in items]
@@ -125,7 +117,7 @@ class FusedAdamWPart:
             steps = torch.stack([st["step"].to(torch.float32).reshape(()) for st in states]).to(device)
             for i, st in enumerate(states):
                 st["step"] = steps[i]
-            sharded = any(_is_dtensor(p) for p in params)
+            sharded = any(is_dtensor(p) for p in params)
             state_lists = None
             if not sharded:  # the state tensors live as long as the launch (a state load rebuilds it)
                 state_lists = ([st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
@@ -156,12 +148,10 @@ class FusedAdamWPart:
         """lrs = group lr x layer multiplier and weight_decays = group weight decay, computed on the launch's
         device (no host sync, no host-to-device copy when group LRs are tensors: capturable). In eager mode they
         are recomputed only when a group value or the multipliers changed."""
-        device = launch.lrs.device
-        group_lr, lr_token = self._group_values("lr", device)
-        group_wd, wd_token = self._group_values("weight_decay", device)
-        key = None if lr_token is None or wd_token is None else (lr_token, wd_token, self._mult_version)
-        if key is not None and key == launch.filled:
+        values = self._group_lr_wd(launch.lrs.device, launch.filled)
+        if values is None:
             return
+        group_lr, group_wd, key = values
         launch.lrs.copy_(group_lr[launch.group_index] * launch.multipliers[launch.layer_index])
         launch.weight_decays.copy_(group_wd[launch.group_index])
         launch.filled = key
@@ -180,11 +170,11 @@ class FusedAdamWPart:
             self._fill_lr_buffers(launch)
             if launch.sharded:
                 states = [self.state[p] for p in launch.params]
-                params = [_local(p) for p in launch.params]
-                grads = [_local(p.grad) for p in launch.params]
-                exp_avgs = [_local(st["exp_avg"]) for st in states]
-                exp_avg_sqs = [_local(st["exp_avg_sq"]) for st in states]
-                max_sqs = [_local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else []
+                params = [local(p) for p in launch.params]
+                grads = [local(p.grad) for p in launch.params]
+                exp_avgs = [local(st["exp_avg"]) for st in states]
+                exp_avg_sqs = [local(st["exp_avg_sq"]) for st in states]
+                max_sqs = [local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else []
             else:
                 params = launch.params
                 grads = [p.grad for p in params]

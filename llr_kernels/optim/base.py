@@ -26,6 +26,7 @@ from ..layers import Classifier, Layer, classify_parameters
 from ..policy import LLRConfig, LLRPolicy
 from ..spectral import hill_alpha
 from ..spectral.hill import METHODS, VARIANTS
+from ._dtensor import full, local
 from .spectral_ranks import assign_owners, gather_to_owner, measure_cost, resolve_group, share_results
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .wrappers import normalize_name
@@ -140,9 +141,7 @@ def pinned_mask(layers: list[Layer], config: LLRConfig) -> torch.Tensor:
 
 def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
     """Clip the global grad norm over ``params`` in place (all ranks for DTensors); returns the plain norm."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    full = getattr(norm, "full_tensor", None)
-    return full() if callable(full) else norm
+    return full(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
 
 
 def check_backend(arg: str, backend: str, ops: tuple[str, ...], params: list[torch.Tensor]) -> None:
@@ -178,12 +177,6 @@ def check_model_args(model: Any, classify: Any) -> None:
         raise TypeError(f"model must be an nn.Module (it names the parameters) or None, got {type(model).__name__}")
     if classify is not None and not callable(classify):
         raise TypeError(f"classify must be a callable (name, param, module) -> kind or None, got {type(classify).__name__}")
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole matrix of a possibly sharded tensor (FSDP2/DTensor); plain tensors pass through."""
-    full = getattr(t, "full_tensor", None)
-    return full() if callable(full) else t
 
 
 def _reject_sparse_embeddings(model: nn.Module | None, stepped: dict[int, int]) -> None:
@@ -286,7 +279,7 @@ class LLROptimizer(torch.optim.Optimizer):
     def _spectral_matrix(self, layer: Layer, source: str) -> torch.Tensor | None:
         """The matrix whose spectrum sets this layer's alpha (whole, also when sharded); see ``_spectral_source``."""
         src = self._spectral_source(layer, source)
-        return None if src is None else _full(src)
+        return None if src is None else full(src)
 
     def _spectral_source(self, layer: Layer, source: str) -> torch.Tensor | None:
         """The tensor (possibly a shard of a DTensor) whose spectrum sets this layer's alpha: the weight, or in the
@@ -327,7 +320,7 @@ class LLROptimizer(torch.optim.Optimizer):
             if src is None:
                 continue
             if owners is None:
-                m = _full(src)
+                m = full(src)
             elif layout == "dtensor":
                 m = gather_to_owner(src.to_local(), src.shape[0], owners[j], group)  # every rank calls; the owner receives
                 received += 0 if m is None else m.numel() * m.element_size()
@@ -628,6 +621,15 @@ class LLROptimizer(torch.optim.Optimizer):
             hit = self._group_cache[(key, str(device))] = (token, torch.tensor(token, dtype=torch.float64, device=device))
         return hit[1], token
 
+    def _group_lr_wd(self, device: torch.device, filled: tuple | None) -> tuple[torch.Tensor, torch.Tensor, tuple | None] | None:
+        """(every group's lr, every group's weight decay, the key to store as ``filled``) on ``device`` for a step's
+        per-tensor LR buffers; None when ``filled`` shows the buffers already hold these values and multipliers
+        (eager mode only: the key is None when a value is a tensor or traced)."""
+        group_lr, lr_token = self._group_values("lr", device)
+        group_wd, wd_token = self._group_values("weight_decay", device)
+        key = None if lr_token is None or wd_token is None else (lr_token, wd_token, self._mult_version)
+        return None if key is not None and key == filled else (group_lr, group_wd, key)
+
     def _lrs_to_device_tensors(self) -> None:
         """capturable=True: a group's float lr becomes a 0-d float64 tensor on its parameters' device (a tensor lr
         elsewhere is moved there), as torch's tensor LRs: schedulers update it in place (fill_), so a captured step
@@ -722,8 +724,8 @@ class LLROptimizer(torch.optim.Optimizer):
         if self.state or any(float(g["lr"]) != 0.0 for g in self.param_groups):
             return False
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.requires_grad]
-        local = [g.to_local() if hasattr(g, "to_local") else g for g in grads if g is not None]
-        return len(local) == len(grads) > 0 and not any(bool(g.any()) for g in local)
+        shards = [local(g) for g in grads if g is not None]
+        return len(shards) == len(grads) > 0 and not any(bool(g.any()) for g in shards)
 
     def _on_state_loaded(self) -> None:
         """Hook for subclasses that cache buffers built from state."""

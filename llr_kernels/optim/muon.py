@@ -26,7 +26,8 @@ from ..layers import MATRIX_KINDS, Classifier, Layer
 from ..ops.custom_ops import muon_apply, muon_momentum
 from ..ops.newton_schulz import newton_schulz, resolve_coefficients
 from ..policy import OUTLIER_Z, LLRConfig
-from .adamw import FusedAdamWPart, _is_dtensor, _Launch, validate_adamw_args, validate_step_options
+from ._dtensor import is_dtensor
+from .adamw import FusedAdamWPart, _Launch, validate_adamw_args, validate_step_options
 from .muon_split import SplitMuonStep
 from .spectral_ranks import _row_sharded, resolve_group
 from .base import (LLROptimizer, _normalize_groups, check_backend, check_model_args, classify_named, clip_all_grads,
@@ -247,12 +248,12 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                         raise ValueError(
                             f"Muon needs 2-D matrices but {name!r} has shape {tuple(p.shape)}; put it in a group with use_muon=False"
                         )
-                    if _is_dtensor(p) and self.capturable:
+                    if is_dtensor(p) and self.capturable:
                         raise NotImplementedError(
                             f"LLRMuon with capturable=True cannot split Newton-Schulz across ranks ({name!r} is a DTensor; "
                             "the split's collectives run on the host every step); use capturable=False under FSDP2"
                         )
-                    if _is_dtensor(p) and not _row_sharded(p):
+                    if is_dtensor(p) and not _row_sharded(p):
                         raise NotImplementedError(
                             f"LLRMuon supports DTensor parameters sharded along rows on a 1-D mesh (FSDP2's fully_shard); "
                             f"{name!r} has placements {tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh. Use LLRAdamW "
@@ -312,7 +313,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         no rank holds whole matrices), or under DDP the spectral group, when there is one; else (None, "")."""
         if not params:
             return None, ""
-        if any(_is_dtensor(p) for p in params):
+        if any(is_dtensor(p) for p in params):
             group, layout = resolve_group("auto", None, params)
             if group is None:
                 raise NotImplementedError("LLRMuon's Muon matrices must all be FSDP2 DTensors on one 1-D mesh (or none "
@@ -384,19 +385,14 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             apply_launches=apply_launches,
         )
 
-    def _on_state_loaded(self) -> None:
-        super()._on_state_loaded()  # the plans are rebuilt over (and filled from) the loaded state
-
     # ----- the step ---------------------------------------------------------------------------------
     def _fill_apply_buffers(self, a: _ApplyLaunch) -> None:
         """decay_i = 1 - lr_i wd_i and step_i = lr_i ratio_i with lr_i = group lr x multiplier, on device (eager:
         only when a group value or the multipliers changed)."""
-        device = a.decays.device
-        group_lr, lr_token = self._group_values("lr", device)
-        group_wd, wd_token = self._group_values("weight_decay", device)
-        key = None if lr_token is None or wd_token is None else (lr_token, wd_token, self._mult_version)
-        if key is not None and key == a.filled:
+        values = self._group_lr_wd(a.decays.device, a.filled)
+        if values is None:
             return
+        group_lr, group_wd, key = values
         lr = group_lr[a.group_index] * a.multipliers[a.layer_index]
         a.decays.copy_(1.0 - lr * group_wd[a.group_index])
         a.step_sizes.copy_(lr * a.ratio)

@@ -22,14 +22,11 @@ import torch.distributed as dist
 
 from ..ops.muon_torch import muon_apply_torch, muon_momentum_torch
 from ..ops.newton_schulz import newton_schulz
+from ._dtensor import local
 from .spectral_ranks import _comm_device, assign_owners, gather_to_owner
 
 if TYPE_CHECKING:
     from .muon import LLRMuon
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def ns_cost(shape: tuple[int, ...]) -> float:
@@ -45,7 +42,7 @@ def scatter_rows(full: torch.Tensor | None, like: torch.Tensor, dtype: torch.dty
     rows = int(like.shape[0])
     chunk = -(-rows // world)
     dev = _comm_device(group)
-    local = _local(like)
+    shard = local(like)
     out = torch.empty((chunk, *like.shape[1:]), dtype=dtype, device=dev)
     parts = None
     if rank == owner:
@@ -53,7 +50,7 @@ def scatter_rows(full: torch.Tensor | None, like: torch.Tensor, dtype: torch.dty
         padded[:rows].copy_(full)
         parts = list(padded.split(chunk))
     dist.scatter(out, parts, src=dist.get_global_rank(group, owner), group=group)
-    return out[: local.shape[0]].to(local.device)
+    return out[: shard.shape[0]].to(shard.device)
 
 
 class SplitMuonStep:
@@ -73,7 +70,7 @@ class SplitMuonStep:
         self.owners = assign_owners([ns_cost(tuple(p.shape)) for p in self.params], self.world)
         self.ratios = [adjust_lr_ratio(opt.param_groups[gi]["adjust_lr_fn"], opt.layers[opt.layer_of(p)].logical_shape)
                        for gi, p in active]
-        device = _local(self.params[0]).device if self.params else torch.device("cpu")
+        device = local(self.params[0]).device if self.params else torch.device("cpu")
         self.multipliers = opt._multipliers_on(device)  # written by the optimizer's host step
         for p in self.params:
             st = opt.state[p]
@@ -86,9 +83,9 @@ class SplitMuonStep:
         inputs = []  # 1. momentum on this rank's rows; the Newton-Schulz input in ns dtype
         for gi, p in zip(self.group_index, self.params):
             g = opt.param_groups[gi]
-            grad = _local(p.grad)
+            grad = local(p.grad)
             grad = -grad if g["maximize"] else grad
-            buf = _local(opt.state[p]["momentum_buffer"])
+            buf = local(opt.state[p]["momentum_buffer"])
             u = torch.empty(buf.shape, dtype=opt.ns_dtype, device=buf.device)
             muon_momentum_torch([grad.contiguous()], [buf], [u], momentum=float(g["momentum"]), nesterov=bool(g["nesterov"]))
             inputs.append(u)
@@ -125,5 +122,5 @@ class SplitMuonStep:
             lr = float(g["lr"]) * mult[opt.layer_of(p)]
             decays = torch.tensor([1.0 - lr * float(g["weight_decay"])], dtype=torch.float64)
             steps = torch.tensor([lr * self.ratios[i]], dtype=torch.float64)
-            muon_apply_torch([_local(p)], [o.to(_local(p).device)], decays, steps)
+            muon_apply_torch([local(p)], [o.to(local(p).device)], decays, steps)
 

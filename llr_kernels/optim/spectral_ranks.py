@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 # status codes for the all-reduce of statuses (index + 1; 0 = measured elsewhere)
+from ._dtensor import is_dtensor
 from .checkpoint import STATUS_CODES
 
 
@@ -54,10 +55,6 @@ def assign_owners(costs: list[float], world: int) -> list[int]:
     return owner
 
 
-def _is_dtensor(t: torch.Tensor) -> bool:
-    return hasattr(t, "device_mesh") and hasattr(t, "to_local")
-
-
 def _row_sharded(t: torch.Tensor) -> bool:
     """A DTensor sharded along dim 0 over a 1-D mesh (FSDP2's layout)."""
     from torch.distributed.tensor import Shard
@@ -69,7 +66,7 @@ def resolve_group(spectral_group: Any, model: Any, params: list[torch.Tensor]) -
     """(the process group that splits the spectral work or None, the layout: "dtensor", "replicated" or "")."""
     if spectral_group is None or not (dist.is_available() and dist.is_initialized()):
         return None, ""
-    dtensors = [p for p in params if _is_dtensor(p)]
+    dtensors = [p for p in params if is_dtensor(p)]
     if spectral_group == "auto":
         if dtensors:
             p = dtensors[0]
