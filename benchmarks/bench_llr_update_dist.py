@@ -77,6 +77,7 @@ def _rank_main(rank: int, world: int, port: int, shapes: list, threads: int, rep
                           "layers_measured": opt.last_split["layers_measured"] if opt.last_split else len(opt.layers),
                           "alphas": opt.llr.alphas.clone()}
     torch.save(result, f"{out}.{rank}")
+    dist.barrier()  # no rank tears the group down while another is still inside a collective (gloo aborts)
     dist.destroy_process_group()
 
 

@@ -66,6 +66,7 @@ def worker(rank: int, mode: str, world: int, port: int, init: dict, out: str) ->
                          "full_tensor_calls": calls, "matrix_bytes": matrix_bytes,
                          "orthogonalized": None if muon is None else muon.last_orthogonalized}
     torch.save(results, f"{out}.{rank}")
+    dist.barrier()  # no rank tears the group down while another is still inside a collective (gloo aborts)
     dist.destroy_process_group()
 
 
@@ -201,6 +202,7 @@ def dcp_worker(rank: int, mode: str, port: int, init: dict, out: str) -> None:
         train(wrapped, opt, data[DCP_CUT:])
         results[name]["resumed"] = final(model, opt)
     torch.save(results, f"{out}.{rank}")
+    dist.barrier()  # no rank tears the group down while another is still inside a collective (gloo aborts)
     dist.destroy_process_group()
 
 
