@@ -4,14 +4,33 @@
     opt = LLRAdamW(model, lr=1e-3, weight_decay=0.1, s=3.0, interval=500, total_steps=T)
 """
 from .layers import KINDS, Layer, classify_parameters
-from .optim import LLRAdamW, LLRMuon, LLROptimizer, layer_stats, unwrap
-from .policy import LLRConfig, LLRPolicy, llr_multipliers
+from .optim import LAMB, LARS, LLRAdamW, LLRMuon, LLROptimizer, layer_stats, layerwise_optimizer, unwrap
+from .policies import (
+    PRESETS as POLICY_PRESETS,
+    BlockwiseConfig,
+    LayerwisePolicy,
+    LLRConfig,
+    LLRPolicy,
+    PolicyConfig,
+    RLRSConfig,
+    UniformConfig,
+    llr_multipliers,
+)
 from .spectral import HillResult, hill_alpha
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KINDS",
+    "LAMB",
+    "LARS",
+    "layerwise_optimizer",
+    "POLICY_PRESETS",
+    "BlockwiseConfig",
+    "LayerwisePolicy",
+    "PolicyConfig",
+    "RLRSConfig",
+    "UniformConfig",
     "HillResult",
     "LLRAdamW",
     "LLRMuon",

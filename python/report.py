@@ -68,8 +68,22 @@ def summarize(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def paired_rows(metrics: dict[str, Any], arm: str, control: str) -> list[dict[str, Any]]:
+    """Rows of ``arm`` whose "diffs" are paired against ``control`` (same LR, same seed) instead of Uniform."""
+    runs = [r for r in metrics["runs"] if r.get("status", "ok") == "ok"]
+    ref = {(r["lr"], r["seed"]): r for r in runs if r["arm"] == control}
+    out = []
+    for lr in sorted({r["lr"] for r in runs if r["arm"] == arm}):
+        diffs = [r["final_val_loss"] - ref[(lr, r["seed"])]["final_val_loss"]
+                 for r in runs if r["arm"] == arm and r["lr"] == lr and (lr, r["seed"]) in ref]
+        if diffs:
+            out.append({"lr": lr, "arm": arm, "diffs": diffs})
+    return out
+
+
 def _arm_order(arm: str) -> int:
-    order = ["uniform", "llr", "uniform-smax", "muon", "llr-muon"]
+    order = ["uniform", "llr", "llr-shuffled", "uniform-smax", "lars", "lamb", "sharpness", "rlrs", "alphadecay",
+             "llr+alphadecay", "muon", "llr-muon"]
     return order.index(arm) if arm in order else len(order)
 
 
@@ -124,6 +138,13 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         f"- Machine: {metrics['machine'].get('gpu', metrics['machine']['platform'])}, torch {metrics['machine']['torch']}, "
         f"{metrics['machine']['torch_threads']} threads; total wall time {metrics.get('wall_seconds', float('nan')):.0f} s",
     ]
+    scales = c.get("arm_lr_scale_used") or {}
+    shown = {arm: v for arm, v in scales.items() if arm in {r["arm"] for r in rows}}
+    if shown:
+        lines.append("- Arm LRs: " + ", ".join(f"{arm} {v:g} x LR" for arm, v in shown.items())
+                     + " (the LLR paper's Table 1 ratios to AdamW's LR unless --arm-lr-scale says otherwise); "
+                     + ", ".join(f"{arm} weight decay {v:g}" for arm, v in (c.get("arm_weight_decay") or {}).items()
+                                 if arm in {r["arm"] for r in rows}))
     if metrics.get("skipped_arms"):
         lines.append("- Skipped arms: " + "; ".join(f"`{k}`: {v}" for k, v in metrics["skipped_arms"].items()))
     lines += [
@@ -144,6 +165,12 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     for r in rows:
         if r["arm"] != "uniform":
             lines.append(f"- lr {r['lr']:g}, {r['arm']}: {verdict(r)}")
+    control = paired_rows(metrics, "llr", "llr-shuffled")
+    if control:
+        lines += ["", "Does the spectral signal matter, or only the spread? LLR against its shuffled control (the same "
+                  "multipliers dealt to the layers at random at every update; same LR, same seed):", ""]
+        for r in control:
+            lines.append(f"- lr {r['lr']:g}: {verdict(r).replace('Uniform', 'llr-shuffled')}")
     lines += [
         "",
         "Steps to Uniform's final val loss are read off the validation evaluations "

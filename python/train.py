@@ -10,8 +10,11 @@ run directory: metrics.json (everything, written after every run), results.md (t
     python python/train.py --preset cpu-demo --data shared --arms uniform,llr,muon,llr-muon
 
 Arms: uniform (torch.optim.AdamW), llr (llr_kernels.LLRAdamW), uniform-smax (AdamW at s x lr, the
-paper's Table 5 upper bound), muon (torch.optim.Muon on hidden matrices + AdamW on the rest) and
-llr-muon (llr_kernels.LLRMuon). Arms whose optimizer is not importable are skipped with a message.
+paper's Table 5 upper bound), muon (torch.optim.Muon on hidden matrices + AdamW on the rest), llr-muon
+(llr_kernels.LLRMuon), the layerwise policies of llr_kernels.policies through LLRAdamW (llr-shuffled,
+sharpness, rlrs, alphadecay, llr+alphadecay) and the trust-ratio baselines (lars, lamb:
+llr_kernels.optim.trust_ratio), each baseline at the paper's Table 1 LR ratio (--arm-lr-scale). Arms whose
+optimizer is not importable are skipped with a message.
 """
 from __future__ import annotations
 
@@ -41,7 +44,14 @@ import data as data_mod  # noqa: E402
 import models  # noqa: E402
 import report  # noqa: E402
 
-ARMS = ("uniform", "llr", "uniform-smax", "muon", "llr-muon")
+ARMS = ("uniform", "llr", "uniform-smax", "muon", "llr-muon", "llr-shuffled", "sharpness", "rlrs", "alphadecay",
+        "llr+alphadecay", "lars", "lamb")
+# Arms that run a layerwise policy of llr_kernels.policies through LLRAdamW (the preset of the same name).
+POLICY_ARMS = ("llr-shuffled", "sharpness", "rlrs", "alphadecay", "llr+alphadecay")
+# Each baseline's LR and weight decay relative to AdamW's, from the LLR paper's Table 1 (60M row: AdamW 2e-3 / 0.1,
+# LARS 5e-3 / 1e-6, LAMB 5e-2 / 0.1, Sharpness 2e-4 / 0.1); --arm-lr-scale overrides the LR ratios.
+ARM_LR_SCALE = {"lars": 2.5, "lamb": 25.0, "sharpness": 0.1}
+ARM_WEIGHT_DECAY = {"lars": 1e-6}
 
 # Run presets: every field is a CLI option (same name, dashes for underscores); the CLI overrides.
 RUN_PRESETS: dict[str, dict[str, Any]] = {
@@ -86,7 +96,7 @@ DEFAULTS: dict[str, Any] = dict(
     seq_len=128, batch_size=32, steps=120, lrs="1e-3", seeds="0", arms="uniform,llr",
     eval_every=20, eval_windows=128, eval_batch_size=None, warmup=0.1, min_lr_ratio=0.1,
     weight_decay=0.1, beta1=0.9, beta2=0.95, clip=1.0, s=3.0, muon_s=2.0, interval=20,
-    grad_phase=0.05, active_until=1.0, ramp_steps=0, backend="auto", muon_lr_ratio=10.0,
+    grad_phase=0.05, active_until=1.0, ramp_steps=0, backend="auto", muon_lr_ratio=10.0, arm_lr_scale=None,
     tie_embeddings=None, device="auto", dtype="auto", compile=False, threads="auto", cache_dir=None,
     out=None, publish=None, no_progress=False, no_plots=False,
 )
@@ -139,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--beta2", type=float)
     g.add_argument("--clip", type=float, help="gradient-norm clip (default 1.0; 0 = off)")
     g.add_argument("--muon-lr-ratio", type=float, help="Muon matrix LR / AdamW LR (paper: 10)")
+    g.add_argument("--arm-lr-scale", help="per-arm LR / --lrs, e.g. 'lars=2.5,lamb=25,sharpness=0.1' (the default: the "
+                   "paper's Table 1 ratios)")
     g = ap.add_argument_group("LLR")
     g.add_argument("--s", type=float, help="LLR upper ratio with AdamW (paper: 3)")
     g.add_argument("--muon-s", type=float, help="LLR upper ratio with Muon (paper: 2)")
@@ -210,10 +222,21 @@ def _construct(cls: Any, *args: Any, **kwargs: Any) -> Any:
     return cls(*args, **kwargs)
 
 
+def arm_lr_scale(a: argparse.Namespace) -> dict[str, float]:
+    """Each arm's LR as a multiple of --lrs: the paper's Table 1 ratios, overridden by --arm-lr-scale."""
+    out = dict(ARM_LR_SCALE)
+    for item in _csv(a.arm_lr_scale or "", str):
+        name, _, value = item.partition("=")
+        if name not in ARMS or not value:
+            raise SystemExit(f"--arm-lr-scale: expected arm=number with an arm from {', '.join(ARMS)}, got {item!r}")
+        out[name] = float(value)
+    return out
+
+
 def arm_unavailable(arm: str) -> str | None:
     """None if the arm can run here, else why not."""
     cls = _llr_classes()
-    if arm == "llr" and "LLRAdamW" not in cls:
+    if arm in ("llr",) + POLICY_ARMS and "LLRAdamW" not in cls:
         return f"llr_kernels.LLRAdamW not importable ({cls.get('LLRAdamW_error')})"
     if arm == "llr-muon" and "LLRMuon" not in cls:
         return f"llr_kernels.LLRMuon not importable ({cls.get('LLRMuon_error')})"
@@ -247,6 +270,22 @@ def build_optimizers(arm: str, model: models.LanguageModel, lr: float, a: argpar
                   ramp_steps=a.ramp_steps, backend=a.backend)
     if arm == "llr":
         return [_construct(_llr_classes()["LLRAdamW"], model, lr=lr, betas=betas, weight_decay=wd, s=a.s, **llr_kw)]
+    scale = arm_lr_scale(a).get(arm, 1.0)
+    wd = ARM_WEIGHT_DECAY.get(arm, wd)
+    if arm in POLICY_ARMS:
+        policy: Any = arm
+        if arm == "rlrs":  # the paper's component cosines, over this run's global cosine floor
+            from llr_kernels.policies import RLRS_END, RLRS_START, RLRSConfig
+
+            policy = RLRSConfig(dict(RLRS_START), dict(RLRS_END), total_steps=a.steps, final_lr_ratio=a.min_lr_ratio)
+        return [_construct(_llr_classes()["LLRAdamW"], model, lr=lr * scale, betas=betas, weight_decay=wd, s=a.s,
+                           policy=policy, **llr_kw)]
+    if arm in ("lars", "lamb"):
+        from llr_kernels.optim.trust_ratio import LAMB, LARS
+
+        if arm == "lars":
+            return [LARS(model.parameters(), lr=lr * scale, momentum=0.9, weight_decay=wd)]
+        return [LAMB(model.parameters(), lr=lr * scale, betas=betas, weight_decay=wd)]
     if arm == "muon":
         hidden, rest = _muon_split(model)
         return [
@@ -488,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "command": command_line(argv),
         "preset": a.preset,
-        "config": {k: v for k, v in vars(a).items()},
+        "config": {**vars(a), "arm_lr_scale_used": arm_lr_scale(a), "arm_weight_decay": dict(ARM_WEIGHT_DECAY)},
         "model": mcfg.to_dict(),
         "params": n_params,
         "params_non_embedding": n_params_ne,

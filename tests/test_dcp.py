@@ -24,11 +24,11 @@ LLR_KW = dict(s=3.0, interval=3, total_steps=STEPS, grad_phase=0.4, ramp_steps=2
 CUTS = {"inside-ramp-and-grad-phase": 4, "inside-ramp-weight-phase": 7}
 
 
-def make(cls, seed: int = 0, dtype: torch.dtype = torch.float32):
+def make(cls, seed: int = 0, dtype: torch.dtype = torch.float32, policy: str | None = None):
     torch.manual_seed(seed)
     model = TinyLlama().to(dtype)
     kw = dict(lr=1e-2, **LLR_KW) if cls is LLRAdamW else dict(lr=2e-2, adamw_lr=1e-2, ns_dtype=torch.float32, **LLR_KW)
-    return model, cls(model, **kw)
+    return model, cls(model, policy=policy, **kw)
 
 
 def train(model, opt, data) -> None:
@@ -53,15 +53,15 @@ def assert_same_llr(a, b) -> None:
             assert x == y
 
 
-def dcp_resume(cls, cut: int, flatten: bool, tmp_path, dtype=torch.float32):
+def dcp_resume(cls, cut: int, flatten: bool, tmp_path, dtype=torch.float32, policy=None):
     """Train ``cut`` steps, save model and optimizer with DCP, load them into a fresh pair (another seed)."""
     data = batches(STEPS)
-    model, opt = make(cls, dtype=dtype)
+    model, opt = make(cls, dtype=dtype, policy=policy)
     train(model, opt, data[:cut])
     options = StateDictOptions(flatten_optimizer_state_dict=flatten)
     dcp.save({"model": model.state_dict(), "optim": get_optimizer_state_dict(model, opt, options=options)},
              checkpoint_id=str(tmp_path))
-    model2, opt2 = make(cls, seed=1, dtype=dtype)
+    model2, opt2 = make(cls, seed=1, dtype=dtype, policy=policy)
     template = {"model": model2.state_dict(), "optim": get_optimizer_state_dict(model2, opt2, options=options)}
     dcp.load(template, checkpoint_id=str(tmp_path))
     model2.load_state_dict(template["model"])
@@ -83,6 +83,22 @@ def test_dcp_resume_equals_uninterrupted(cls, cut, flatten, tmp_path):
         assert torch.equal(a, b), name
     assert_same_llr(opt2, opt)
     assert torch.equal(opt2.multipliers(), opt.multipliers())
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
+@pytest.mark.parametrize("policy", ["llr+alphadecay", "rlrs"])
+def test_dcp_carries_other_policies(policy, flatten, tmp_path):
+    """A policy's weight-decay multipliers (AlphaDecay, cut inside their ramp) and a schedule (RLRS) resume
+    through DCP as LLR's state does; the policy's name travels too."""
+    data, (model, opt), (model2, opt2) = dcp_resume(LLRAdamW, 7, flatten, tmp_path, policy=policy)
+    assert opt2.llr.name == opt.llr.name
+    assert torch.equal(opt2.llr.wd_target, opt.llr.wd_target) and torch.equal(opt2.llr.wd_start, opt.llr.wd_start)
+    if policy != "rlrs":
+        assert not torch.equal(opt.llr.wd_target, torch.ones_like(opt.llr.wd_target)), "the test needs decays set"
+    train(model, opt, data[7:])
+    train(model2, opt2, data[7:])
+    for (name, a), b in zip(model.named_parameters(), model2.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_dcp_keeps_fp32_moments_of_bf16_params(tmp_path):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from llr_kernels.policy import LLRConfig, LLRPolicy, llr_multipliers
+from llr_kernels.policies.llr import LLRConfig, LLRPolicy, llr_multipliers
 from reference import eq3
 
 NONE_PINNED = torch.zeros(4, dtype=torch.bool)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from llr_kernels import LLRAdamW, LLRMuon, dispatch
-from llr_kernels.policy import LLRConfig, LLRPolicy, robust_outliers
+from llr_kernels.policies.llr import LLRConfig, LLRPolicy, robust_outliers
 from conftest import requires
 from reference import eq3, esd_np, hill_llr_np, robust_outliers_np
 from tiny_models import SpectralNet

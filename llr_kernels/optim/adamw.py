@@ -11,7 +11,8 @@ from .._checks import check_betas, check_bool, check_choice, check_real
 from ..dispatch import get_op
 from ..ops.custom_ops import adamw_step
 from ..layers import Classifier
-from ..policy import OUTLIER_Z, LLRConfig
+from ..policies import PolicyConfig
+from ..policies.llr import OUTLIER_Z, LLRConfig
 from ._dtensor import is_dtensor, local
 from .base import LLROptimizer, check_backend, clip_all_grads
 from .checkpoint import load_torch_adamw
@@ -25,6 +26,7 @@ class _Launch:
     group_index: torch.Tensor  # (N,) long on device: param group of each tensor
     layer_index: torch.Tensor  # (N,) long on device: LLR layer of each tensor
     multipliers: torch.Tensor  # (L,) float64 on device: every layer's multiplier (LLROptimizer._multipliers_on)
+    wd_multipliers: torch.Tensor  # (L,) float64 on device: every layer's weight-decay multiplier
     lrs: torch.Tensor  # (N,) per-tensor LR buffer on device, computed on device at every step
     weight_decays: torch.Tensor  # (N,) per-tensor weight decay on device
     steps: torch.Tensor  # (N,) per-tensor step counters on device; state[p]["step"] are views of it
@@ -128,6 +130,7 @@ class FusedAdamWPart:
                     group_index=torch.tensor([gi for gi, _ in items], dtype=torch.long, device=device),
                     layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long, device=device),
                     multipliers=self._multipliers_on(device),
+                    wd_multipliers=self._wd_multipliers_on(device),
                     lrs=torch.zeros(len(params), dtype=buf_dtype, device=device),
                     weight_decays=torch.zeros(len(params), dtype=buf_dtype, device=device),
                     steps=steps,
@@ -145,7 +148,8 @@ class FusedAdamWPart:
 
     # ----- the step ---------------------------------------------------------------------------------
     def _fill_lr_buffers(self, launch: _Launch) -> None:
-        """lrs = group lr x layer multiplier and weight_decays = group weight decay, computed on the launch's
+        """lrs = group lr x layer multiplier and weight_decays = group weight decay x layer wd multiplier (1 unless
+        the policy sets it), computed on the launch's
         device (no host sync, no host-to-device copy when group LRs are tensors: capturable). In eager mode they
         are recomputed only when a group value or the multipliers changed."""
         values = self._group_lr_wd(launch.lrs.device, launch.filled)
@@ -153,7 +157,7 @@ class FusedAdamWPart:
             return
         group_lr, group_wd, key = values
         launch.lrs.copy_(group_lr[launch.group_index] * launch.multipliers[launch.layer_index])
-        launch.weight_decays.copy_(group_wd[launch.group_index])
+        launch.weight_decays.copy_(group_wd[launch.group_index] * launch.wd_multipliers[launch.layer_index])
         launch.filled = key
 
     def _adamw_step(self, max_grad_norm: float | None) -> None:
@@ -197,7 +201,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
     lr, betas, eps, weight_decay, amsgrad, maximize: as ``torch.optim.AdamW``. Weight decay is decoupled and
         uses the layer's LR (p *= 1 - lr_layer * wd), as the public LLR code does through its param groups.
     s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head, outlier_z: the
-        LLR policy (see ``llr_kernels.policy``). With s = 1 this is exactly AdamW.
+        LLR policy (``llr_kernels.policies.llr``). With s = 1 this is exactly AdamW.
     grad_alpha_source: in the gradient phase, alphas come from the raw gradient ("grad", the paper) or from
         exp_avg ("momentum", as the public code offers: smoother and full-rank sooner when each step sees few
         tokens; the gradient before the first step).
@@ -212,6 +216,10 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
     spectral_group: which ranks share the LLR update, each measuring some of the layers: "auto" (the FSDP2 mesh,
         or the group of a DistributedDataParallel model passed as ``model``/``params``), a process group whose ranks
         hold identical parameters (DDP), or None (every rank measures every layer). See ``optim.spectral_ranks``.
+    policy: the layerwise scheme, if not LLR as above: a preset name ("uniform", "llr-shuffled", "sharpness",
+        "rlrs", "alphadecay", "llr+alphadecay", ...: ``llr_kernels.policies.PRESETS``, built from the LLR arguments
+        above where they apply, e.g. total_steps) or a config (``LLRConfig`` with another map / metric / fit,
+        ``BlockwiseConfig``, ``RLRSConfig``, ``UniformConfig``), which then replaces the LLR arguments.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     """
@@ -246,6 +254,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         min_eigs: int = 50,
         capturable: bool = False,
         spectral_group: Any = "auto",
+        policy: str | PolicyConfig | None = None,
     ) -> None:
         validate_adamw_args(lr, betas, eps, weight_decay, amsgrad, maximize)
         check_choice("grad_alpha_source", grad_alpha_source, ("grad", "momentum"),
@@ -256,7 +265,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         super().__init__(
             params, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
-            spectral_group=spectral_group,
+            spectral_group=spectral_group, policy=policy,
         )
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype

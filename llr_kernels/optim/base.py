@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 import warnings
 import weakref
@@ -23,8 +24,8 @@ from .._checks import check_bool, check_choice, check_int
 from ..dispatch import BACKENDS, has_impl, unavailable_reason
 from ..ops.custom_ops import llr_tick, register_tick
 from ..layers import Classifier, Layer, classify_parameters
-from ..policy import LLRConfig, LLRPolicy
-from ..spectral import hill_alpha
+from ..policies import LayerwisePolicy, LLRConfig, PolicyConfig, resolve_policy
+from ..spectral import hill_alpha, measure
 from ..spectral.hill import METHODS, VARIANTS
 from ._dtensor import full, local
 from .spectral_ranks import assign_owners, gather_to_owner, measure_cost, resolve_group, share_results
@@ -131,14 +132,6 @@ def classify_named(
     return layers
 
 
-def pinned_mask(layers: list[Layer], config: LLRConfig) -> torch.Tensor:
-    """Bool mask of the layers pinned at s: the embedding (pin_embedding) and the LM head (pin_lm_head)."""
-    return torch.tensor(
-        [(l.kind == "embedding" and config.pin_embedding) or (l.kind == "lm_head" and config.pin_lm_head) for l in layers],
-        dtype=torch.bool,
-    )
-
-
 def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
     """Clip the global grad norm over ``params`` in place (all ranks for DTensors); returns the plain norm."""
     return full(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
@@ -231,6 +224,7 @@ class LLROptimizer(torch.optim.Optimizer):
         defaults: dict[str, Any],
         *,
         llr: LLRConfig,
+        policy: str | PolicyConfig | None = None,
         model: nn.Module | None = None,
         classify: Classifier | None = None,
         backend: str = "auto",
@@ -240,10 +234,13 @@ class LLROptimizer(torch.optim.Optimizer):
         capturable: bool = False,
         spectral_group: Any = "auto",
     ) -> None:
-        llr.validate()
+        policy_config = resolve_policy(policy, llr)
         check_spectral_group(spectral_group)
         check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.dispatch)")
         check_spectral_args(hill_method, hill_variant, min_eigs)
+        if getattr(policy_config, "fit", "median") != "median" and hill_variant != "paper":
+            raise ValueError(f"hill_variant={hill_variant!r} is an index convention of the median Hill fit; the "
+                             f"{policy_config.fit!r} fit chooses its own xmin: leave hill_variant='paper'")
         check_model_args(model, classify)
         check_bool("capturable", capturable)
         self.backend = backend
@@ -261,7 +258,7 @@ class LLROptimizer(torch.optim.Optimizer):
         self.layers: list[Layer] = classify_named(named, model, classify)
         self._layer_index = {id(layer.param): i for i, layer in enumerate(self.layers)}
         _reject_sparse_embeddings(model, self._layer_index)
-        self.llr = LLRPolicy(llr, len(self.layers), pinned_mask(self.layers, llr))
+        self.llr = policy_config.build(self.layers)
         self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs
         self.llr_step = 0
         self.llr_update_seconds = 0.0
@@ -304,6 +301,9 @@ class LLROptimizer(torch.optim.Optimizer):
         multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
         FSDP2 or DDP the layers are measured by one rank each (``spectral_ranks``; ``last_split`` says how).
         """
+        if not self.llr.measures:
+            raise ValueError(f"policy {self.llr.name!r} does not measure layers, so there are no alphas to update; "
+                             "its multipliers follow from the layers and the step alone")
         t = self.llr_step if t is None else t
         source = self.llr.source(t)
         start = time.perf_counter()
@@ -332,10 +332,9 @@ class LLROptimizer(torch.optim.Optimizer):
         alphas = torch.full((len(self.layers),), float("nan"), dtype=torch.float64)
         status = ["vector" if not l.is_matrix else "no_grad" for l in self.layers]
         if mats:
-            res = hill_alpha(mats, method=self.hill_method, variant=self.hill_variant, min_eigs=self.min_eigs,
-                             return_status=True, target_error=ALPHA_TARGET_ERROR)
-            alphas[idx] = res.alpha
-            for i, st in zip(idx, res.status):
+            values, statuses = self._measure(mats)
+            alphas[idx] = values
+            for i, st in zip(idx, statuses):
                 status[i] = st
         if owners is not None:
             mine = [i for j, i in enumerate(measured) if owners[j] == rank]
@@ -353,6 +352,20 @@ class LLROptimizer(torch.optim.Optimizer):
         self._warn_statuses(status, source)
         self.llr_update_seconds += time.perf_counter() - start
         return alphas
+
+    def _measure(self, mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+        """The policy's metric of each matrix (float64) and its status: PL_Alpha_Hill by the median fit through
+        ``hill_alpha`` (every alpha within ALPHA_TARGET_ERROR of Eq. 2), else ``spectral.metrics.measure``
+        (exact eigenvalues), or the Frobenius norm for "grad_norm"."""
+        metric, fit = self.llr.metric, self.llr.fit
+        if metric == "alpha" and fit == "median":
+            res = hill_alpha(mats, method=self.hill_method, variant=self.hill_variant, min_eigs=self.min_eigs,
+                             return_status=True, target_error=ALPHA_TARGET_ERROR)
+            return res.alpha, list(res.status)
+        if metric == "grad_norm":
+            norms = torch.stack([torch.linalg.vector_norm(m.detach().to(torch.float64)).cpu() for m in mats])
+            return norms, ["ok" if math.isfinite(float(v)) else "non_finite" for v in norms]
+        return measure(mats, metric, fit=fit, min_eigs=self.min_eigs, variant=self.hill_variant)
 
     def _warn_statuses(self, status: list[str], source: str) -> None:
         """One RuntimeWarning per cause (not per step) for layers whose alpha could not be used."""
@@ -380,12 +393,15 @@ class LLROptimizer(torch.optim.Optimizer):
         return self.llr.multipliers(self.llr_step)
 
     def layer_stats(self) -> list[dict[str, Any]]:
-        """Per layer: name, kind, shape, alpha, multiplier, LR of the next step, and the Hill status."""
+        """Per layer: name, kind, shape, alpha (the policy's metric), LR multiplier, LR of the next step, weight-decay
+        multiplier and weight decay of the next step, and the Hill status."""
         mult = self.multipliers()
-        group_lr = {id(p): g["lr"] for g in self.param_groups for p in g["params"]}
+        wd_mult = self.llr.wd_multipliers(self.llr_step)
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         stats = []
         for i, layer in enumerate(self.layers):
-            base = group_lr.get(id(layer.param), float("nan"))
+            g = group_of.get(id(layer.param), {})
+            base, wd = g.get("lr", float("nan")), g.get("weight_decay", float("nan"))
             stats.append(
                 {
                     "name": layer.name,
@@ -394,6 +410,8 @@ class LLROptimizer(torch.optim.Optimizer):
                     "alpha": float(self.llr.alphas[i]),
                     "multiplier": float(mult[i]),
                     "lr": float(base) * float(mult[i]),
+                    "wd_multiplier": float(wd_mult[i]),
+                    "weight_decay": float(wd) * float(wd_mult[i]),
                     "status": self.hill_status[i],
                 }
             )
@@ -424,7 +442,7 @@ class LLROptimizer(torch.optim.Optimizer):
         first, n_layers, policy = len(self.param_groups), len(self.layers), copy.deepcopy(self.llr)
         self._layer_index.update({id(layer.param): n_layers + i for i, layer in enumerate(layers)})
         self.layers.extend(layers)
-        self.llr.add_layers(pinned_mask(layers, self.llr.config))
+        self.llr.add_layers(self.llr.pins(layers), layers)
         self.hill_status.extend(["not_measured"] * len(layers))
         try:
             for group in self._expand_added_group(groups[0], layers):
@@ -448,7 +466,7 @@ class LLROptimizer(torch.optim.Optimizer):
 
     def reset_llr(self, step: int = 0) -> None:
         """Start the LLR state afresh at ``step``: no alphas, multipliers 1 (pinned layers s), not measured yet."""
-        self.llr = LLRPolicy(self.llr.config, len(self.layers), pinned_mask(self.layers, self.llr.config))
+        self.llr = self.llr.fresh()
         self.llr_step = int(step)
         self.llr_update_seconds = 0.0
         self.hill_status = ["not_measured"] * len(self.layers)
@@ -473,12 +491,12 @@ class LLROptimizer(torch.optim.Optimizer):
         self._host_due = True
 
     @property
-    def llr(self) -> LLRPolicy:
+    def llr(self) -> LayerwisePolicy:
         """The LLR policy (alphas, multipliers, schedule). Replacing it makes the next step refresh the multipliers."""
         return self._llr
 
     @llr.setter
-    def llr(self, policy: LLRPolicy) -> None:
+    def llr(self, policy: LayerwisePolicy) -> None:
         self._llr = policy
         self._host_due = True
 
@@ -551,15 +569,15 @@ class LLROptimizer(torch.optim.Optimizer):
         self._state_init_only = self._is_state_init_call()
         if self.llr.is_update_step(t) and not self._state_init_only:
             self.update_alphas(t)
-        mult = self.llr.multipliers(t).to(torch.float64)
+        mult = torch.stack([self.llr.multipliers(t), self.llr.wd_multipliers(t)]).to(torch.float64)
         signature = self._grad_signature()
-        if signature != self._signature or mult.numel() != self._mult_layers:
+        if signature != self._signature or mult.shape[1] != self._mult_layers:
             if self.capturable:
                 self._lrs_to_device_tensors()
             self._mult_dev = {}
             self._rebuild_plans()
             self._mark_layer_state()
-            self._signature, self._mult_layers = signature, mult.numel()
+            self._signature, self._mult_layers = signature, mult.shape[1]
         for buf in self._mult_dev.values():
             buf.copy_(mult)
         self._mult_version += 1
@@ -597,11 +615,18 @@ class LLROptimizer(torch.optim.Optimizer):
         return self.host_work_due
 
     def _multipliers_on(self, device: torch.device) -> torch.Tensor:
-        """This step's multipliers (float64, one per layer) on ``device``; written only by ``_host_step``."""
+        """This step's LR multipliers (float64, one per layer) on ``device``; written only by ``_host_step``."""
+        return self._both_multipliers_on(device)[0]
+
+    def _wd_multipliers_on(self, device: torch.device) -> torch.Tensor:
+        """This step's weight-decay multipliers (float64, one per layer; 1 unless the policy sets them)."""
+        return self._both_multipliers_on(device)[1]
+
+    def _both_multipliers_on(self, device: torch.device) -> torch.Tensor:
         key = str(device)
         buf = self._mult_dev.get(key)
         if buf is None:
-            buf = self._mult_dev[key] = torch.ones(len(self.layers), dtype=torch.float64, device=device)
+            buf = self._mult_dev[key] = torch.ones(2, len(self.layers), dtype=torch.float64, device=device)
         return buf
 
     def _group_values(self, key: str, device: torch.device) -> tuple[torch.Tensor, tuple | None]:

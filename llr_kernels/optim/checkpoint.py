@@ -147,6 +147,7 @@ PER_LAYER_KEY = "llr"
 STATUS_CODES = ("not_measured", "vector", "no_grad", "ok", "ok_rank_deficient", "too_few_eigenvalues", "non_finite",
                 "zero_matrix", "rank_deficient", "flat_spectrum", "out_of_range", "outlier")
 _SOURCES = ("", "grad", "weight")
+POLICY_CODES = ("llr", "uniform", "blockwise", "rlrs")  # LayerwisePolicy.name, as an int in the per-layer entries
 
 
 def per_layer_entries(opt: "LLROptimizer") -> dict[int, dict[str, Any]]:
@@ -159,6 +160,7 @@ def per_layer_entries(opt: "LLROptimizer") -> dict[int, dict[str, Any]]:
         "last_source": _SOURCES.index(p.last_source or ""),
         "num_updates": int(p.num_updates),
         "update_seconds": float(opt.llr_update_seconds),
+        "policy": POLICY_CODES.index(p.name) if p.name in POLICY_CODES else -1,
     }
     out = {}
     for i in range(len(opt.layers)):
@@ -168,6 +170,8 @@ def per_layer_entries(opt: "LLROptimizer") -> dict[int, dict[str, Any]]:
             "alpha": p.alphas[i].clone(),
             "target": p.target[i].clone(),
             "start": p.start[i].clone(),
+            "wd_target": p.wd_target[i].clone(),
+            "wd_start": p.wd_start[i].clone(),
             "outlier": int(bool(p.outliers[i])),
             "status": STATUS_CODES.index(status) if status in STATUS_CODES else 0,
         }
@@ -187,20 +191,25 @@ def llr_entry_from_layers(opt: "LLROptimizer", entries: dict[int, dict[str, Any]
     if fmt > FORMAT:
         raise ValueError(f"this checkpoint's LLR state has format {fmt}, newer than this llr_kernels reads ({FORMAT}); "
                          "upgrade llr_kernels to load it")
-    fresh = opt.llr.__class__(opt.llr.config, len(opt.layers), opt.llr.pinned)
+    fresh = opt.llr.fresh()
     alphas, target, start = fresh.alphas.clone(), fresh.target.clone(), fresh.start.clone()
+    wd_target, wd_start = fresh.wd_target.clone(), fresh.wd_start.clone()
     outliers = torch.zeros(len(opt.layers), dtype=torch.bool)
     status = ["not_measured"] * len(opt.layers)
     for i, e in entries.items():
         alphas[i], target[i], start[i] = (float(e[k]) for k in ("alpha", "target", "start"))
+        if "wd_target" in e:  # absent before weight-decay multipliers
+            wd_target[i], wd_start[i] = float(e["wd_target"]), float(e["wd_start"])
         outliers[i] = bool(int(e["outlier"]))
         code = int(e["status"])
         status[i] = STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else "not_measured"
     last_update = int(first["last_update"])
+    policy_code = int(first.get("policy", 0))  # absent before the policy interface: LLR
     return {
         "format": FORMAT,
         "step": int(first["step"]),
-        "policy": {"alphas": alphas, "target": target, "start": start,
+        "policy": {"policy": POLICY_CODES[policy_code] if 0 <= policy_code < len(POLICY_CODES) else "unknown",
+                   "alphas": alphas, "target": target, "start": start, "wd_target": wd_target, "wd_start": wd_start,
                    "last_update": None if last_update < 0 else last_update,
                    "last_source": _SOURCES[int(first["last_source"])] or None,
                    "num_updates": int(first["num_updates"]), "outliers": outliers},

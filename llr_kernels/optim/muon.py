@@ -25,7 +25,8 @@ from ..dispatch import BACKENDS, get_op, has_impl
 from ..layers import MATRIX_KINDS, Classifier, Layer
 from ..ops.custom_ops import muon_apply, muon_momentum
 from ..ops.newton_schulz import newton_schulz, resolve_coefficients
-from ..policy import OUTLIER_Z, LLRConfig
+from ..policies import PolicyConfig
+from ..policies.llr import OUTLIER_Z, LLRConfig
 from ._dtensor import is_dtensor
 from .adamw import FusedAdamWPart, _Launch, validate_adamw_args, validate_step_options
 from .muon_split import SplitMuonStep
@@ -89,6 +90,7 @@ class _ApplyLaunch:
     layer_index: torch.Tensor  # (N,) long on device
     ratio: torch.Tensor  # (N,) float64 on device: adjust_lr_ratio of each matrix
     multipliers: torch.Tensor  # (L,) float64 on device (LLROptimizer._multipliers_on)
+    wd_multipliers: torch.Tensor  # (L,) float64 on device (LLROptimizer._wd_multipliers_on)
     decays: torch.Tensor  # (N,) 1 - lr_i * wd_i, computed on device every step
     step_sizes: torch.Tensor  # (N,) lr_i * ratio_i
     backend: str
@@ -127,8 +129,8 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         decay uses the unadjusted LR, as torch.optim.Muon. ns_dtype: Newton-Schulz compute dtype (bf16).
     adamw_betas, adamw_eps, amsgrad, maximize: the AdamW part (maximize also applies to Muon).
     s (default 2, the paper's Muon setting), interval, total_steps, grad_phase, active_until, ramp_steps,
-        pin_embedding, pin_lm_head: the LLR policy (``llr_kernels.policy``); with s = 1 this is Muon + AdamW.
-    outlier_z: robust outlier cut of the policy (``llr_kernels.policy.robust_outliers``; None: off).
+        pin_embedding, pin_lm_head: the LLR policy (``llr_kernels.policies.llr``); with s = 1 this is Muon + AdamW.
+    outlier_z: robust outlier cut of the policy (``llr_kernels.policies.llr.robust_outliers``; None: off).
     grad_alpha_source: in the gradient phase, alphas come from the raw gradient ("grad", default) or from the
         first moment ("momentum": the momentum buffer of Muon layers, exp_avg of the AdamW part; the gradient
         before the first step).
@@ -144,6 +146,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
         so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
     spectral_group: as LLRAdamW's (under DDP, pass the DistributedDataParallel model or its process group).
+    policy: as LLRAdamW's.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     Under FSDP2 (row-sharded DTensors on a 1-D mesh) each matrix is orthogonalized on one rank and its rows go
@@ -191,6 +194,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         min_eigs: int = 50,
         capturable: bool = False,
         spectral_group: Any = "auto",
+        policy: str | PolicyConfig | None = None,
     ) -> None:
         if adamw_weight_decay is None:
             adamw_weight_decay = weight_decay
@@ -215,7 +219,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         super().__init__(
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
-            spectral_group=spectral_group,
+            spectral_group=spectral_group, policy=policy,
         )
         self.grad_alpha_source = grad_alpha_source
         self.muon_backend = muon_backend
@@ -371,6 +375,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                 layer_index=torch.tensor([self.layer_of(params[i]) for i in members], dtype=torch.long, device=device),
                 ratio=torch.tensor(ratios, dtype=torch.float64, device=device),
                 multipliers=self._multipliers_on(device),
+                wd_multipliers=self._wd_multipliers_on(device),
                 decays=torch.zeros(len(members), dtype=buf_dtype, device=device),
                 step_sizes=torch.zeros(len(members), dtype=buf_dtype, device=device),
                 backend=chosen,
@@ -394,7 +399,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             return
         group_lr, group_wd, key = values
         lr = group_lr[a.group_index] * a.multipliers[a.layer_index]
-        a.decays.copy_(1.0 - lr * group_wd[a.group_index])
+        a.decays.copy_(1.0 - lr * group_wd[a.group_index] * a.wd_multipliers[a.layer_index])
         a.step_sizes.copy_(lr * a.ratio)
         a.filled = key
 

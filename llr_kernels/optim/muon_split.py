@@ -72,6 +72,7 @@ class SplitMuonStep:
                        for gi, p in active]
         device = local(self.params[0]).device if self.params else torch.device("cpu")
         self.multipliers = opt._multipliers_on(device)  # written by the optimizer's host step
+        self.wd_multipliers = opt._wd_multipliers_on(device)
         for p in self.params:
             st = opt.state[p]
             if "momentum_buffer" not in st:
@@ -110,7 +111,7 @@ class SplitMuonStep:
                                 dtype=opt.ns_dtype)
             for j, i in enumerate(members):
                 ortho[i] = out[j]
-        mult = self.multipliers.tolist()  # 4. results back, 5. the update on own rows
+        mult, wd_mult = self.multipliers.tolist(), self.wd_multipliers.tolist()  # 4. results back, 5. own rows' update
         for i, (gi, p) in enumerate(zip(self.group_index, self.params)):
             if self.layout == "dtensor":
                 o = scatter_rows(ortho.get(i), p, inputs[i].dtype, self.owners[i], self.group)
@@ -120,7 +121,7 @@ class SplitMuonStep:
                 dist.broadcast(o, src=dist.get_global_rank(self.group, self.owners[i]), group=self.group)
             g = opt.param_groups[gi]
             lr = float(g["lr"]) * mult[opt.layer_of(p)]
-            decays = torch.tensor([1.0 - lr * float(g["weight_decay"])], dtype=torch.float64)
+            decays = torch.tensor([1.0 - lr * float(g["weight_decay"]) * wd_mult[opt.layer_of(p)]], dtype=torch.float64)
             steps = torch.tensor([lr * self.ratios[i]], dtype=torch.float64)
             muon_apply_torch([local(p)], [o.to(local(p).device)], decays, steps)
 

@@ -1,4 +1,5 @@
-"""Spectral metrics of weight matrices: Gram/ESD helpers and the PL_Alpha_Hill estimator."""
+"""Spectral metrics of weight matrices: Gram/ESD helpers, the PL_Alpha_Hill estimator, other layer metrics
+(``metrics``) and power-law fits (``fits``)."""
 from .hill import (
     DEFAULT_ALPHA_MAX,
     DEFAULT_MIN_EIGS,
@@ -18,8 +19,21 @@ from .hill import (
     hill_from_eigenvalues,
     noise_level,
 )
+from .esd import batched_eigenvalues
+from .fits import FIT_METHODS, FitResult, fit_esds, fit_power_law
+from .metrics import METRICS, MetricsResult, frobenius, layer_metrics, measure
 
 __all__ = [
+    "FIT_METHODS",
+    "METRICS",
+    "FitResult",
+    "MetricsResult",
+    "batched_eigenvalues",
+    "fit_esds",
+    "fit_power_law",
+    "frobenius",
+    "layer_metrics",
+    "measure",
     "DEFAULT_ALPHA_MAX",
     "DEFAULT_MIN_EIGS",
     "HillResult",

@@ -1,0 +1,71 @@
+"""Policies without measurements: one multiplier per layer for all of training, or per block type.
+
+``UniformConfig(scale)``: every layer at ``scale`` x the base LR (1: plain AdamW / Muon; s: the paper's
+"uniform-smax" upper bound, Table 5). ``BlockwiseConfig(ratios)``: a fixed LR ratio per block type
+(``policies.blocks``), as the Sharpness-disparity Blockwise LR of Wang et al. (2025); its presets are in
+``policies.presets``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .._checks import check_real
+from ..layers import Layer
+from .base import LayerwisePolicy, PolicyConfig
+from .blocks import BLOCKS, blocks_of
+
+
+@dataclass
+class UniformConfig(PolicyConfig):
+    """Every layer's LR is ``scale`` x the base LR."""
+
+    scale: float = 1.0
+
+    def validate(self) -> "UniformConfig":
+        check_real("scale", self.scale, 0.0, lo_open=True, hint=" (every layer's LR multiplier; 1 = the base LR)")
+        return self
+
+    def build(self, layers: Sequence[Layer]) -> "UniformPolicy":
+        return UniformPolicy(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
+
+
+class UniformPolicy(LayerwisePolicy):
+    name = "uniform"
+    config: UniformConfig
+
+    def initial_targets(self, first: int, count: int) -> torch.Tensor:
+        return torch.full((count,), float(self.config.scale), dtype=torch.float64)
+
+
+@dataclass
+class BlockwiseConfig(PolicyConfig):
+    """A fixed LR multiplier per block type (``policies.blocks.BLOCKS``); blocks not listed get ``default``."""
+
+    ratios: dict[str, float] = field(default_factory=dict)
+    default: float = 1.0
+
+    def validate(self) -> "BlockwiseConfig":
+        if not isinstance(self.ratios, dict):
+            raise TypeError(f"ratios must be a dict {{block: LR multiplier}} over {BLOCKS}, got {self.ratios!r}")
+        for k, v in self.ratios.items():
+            if k not in BLOCKS:
+                raise ValueError(f"ratios has an unknown block {k!r}; blocks are {BLOCKS}")
+            check_real(f"ratios[{k!r}]", v, 0.0, lo_open=True, hint=" (an LR multiplier)")
+        check_real("default", self.default, 0.0, lo_open=True, hint=" (the multiplier of blocks not in ratios)")
+        return self
+
+    def build(self, layers: Sequence[Layer]) -> "BlockwisePolicy":
+        return BlockwisePolicy(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
+
+
+class BlockwisePolicy(LayerwisePolicy):
+    name = "blockwise"
+    config: BlockwiseConfig
+
+    def initial_targets(self, first: int, count: int) -> torch.Tensor:
+        c = self.config
+        blocks = blocks_of(self.kinds, self.names)[first:first + count]
+        return torch.tensor([float(c.ratios.get(b, c.default)) for b in blocks], dtype=torch.float64)
