@@ -16,9 +16,12 @@ from conftest import free_port, requires  # noqa: E402
 from llr_kernels import LLRAdamW, LLRMuon  # noqa: E402
 
 STEPS, WORLD = 6, 2
-OPT_KW = dict(lr=3e-3, weight_decay=0.1, s=3.0, interval=2, total_steps=STEPS, grad_phase=0.3, max_grad_norm=1.0, backend="torch")
+# LLR's LRs plus AlphaDecay's per-layer weight decays (set from the weight alphas of steps 2 and 4): the split
+# update must carry both multipliers, and LLRMuon's split step must apply the weight-decay ones
+OPT_KW = dict(lr=3e-3, weight_decay=0.1, s=3.0, interval=2, total_steps=STEPS, grad_phase=0.3, max_grad_norm=1.0, backend="torch",
+              policy="llr+alphadecay")
 MUON_KW = dict(lr=0.02, adamw_lr=3e-3, weight_decay=0.1, s=2.0, interval=2, total_steps=STEPS, grad_phase=0.3,
-               max_grad_norm=1.0, ns_dtype=torch.float32, backend="torch")
+               max_grad_norm=1.0, ns_dtype=torch.float32, backend="torch", policy="llr+alphadecay")
 # which optimizers each mode runs
 OPTIMIZERS = {"ddp": ("LLRAdamW", "LLRMuon"), "ddp-split": ("LLRAdamW", "LLRMuon"), "fsdp2": ("LLRAdamW", "LLRMuon")}
 # how each mode splits the LLR update across ranks (llr_kernels.optim.spectral_ranks): "ddp" builds the optimizer on
@@ -92,6 +95,7 @@ def test_matches_single_process(mode, world, tmp_path):
             lm_loss(model, idx).backward()  # the mean over the global batch = the average of the ranks' parts
             opt.step()
         assert opt.llr.alphas.isfinite().sum() >= 4, "the test needs measured alphas"
+        assert len(set(opt.llr.wd_multipliers(STEPS).tolist())) > 2, "the test needs per-layer weight decays"
         for r in (x[name] for x in res):
             assert torch.equal(r["alphas"].isnan(), opt.llr.alphas.isnan())
             assert torch.allclose(r["alphas"], opt.llr.alphas, rtol=1e-4, equal_nan=True)

@@ -276,6 +276,7 @@ def test_muon_takes_a_policy_too(seed):
     run(model, opt, data, 1)
     st = {d["name"]: d["multiplier"] for d in opt.layer_stats()}
     assert st["q_proj.weight"] == 8.0 and st["embed_tokens.weight"] == 10.0 and st["norm.weight"] == 1.0
+    assert st["up_proj.bias"] == st["up_proj.weight"] == 6.0  # a bias takes its module's block (the official code)
 
 
 # ----------------------------------------------------------------------------------------- state and errors
