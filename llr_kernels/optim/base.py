@@ -32,7 +32,7 @@ from .spectral_ranks import assign_owners, gather_to_owner, measure_cost, resolv
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .wrappers import normalize_name
 
-STATUS_OUTLIER = "outlier"  # alpha far from the other layers' (llr_kernels.policy.robust_outliers)
+STATUS_OUTLIER = "outlier"  # alpha far from the other layers' (llr_kernels.policies.llr.robust_outliers)
 
 # Statuses of matrix layers whose alpha does not enter Eq. 3, and what each means for the user.
 # |d alpha| against float64 Eq. 2 that every measured alpha meets (DESIGN.md's target): Lanczos adapts its budget
@@ -47,7 +47,7 @@ STATUS_EXPLANATIONS: dict[str, str] = {
     "ok_rank_deficient": "a rank-deficient {source} (e.g. fewer tokens per step than half the layer width): alpha is Eq. 2 on the nonzero eigenvalues with the rank-aware k, biased against the full-rank value (benchmarks/results/hill_rank_deficient_bias.md)",
     "flat_spectrum": "a flat spectrum (e.g. orthogonal init or Muon-like updates): no tail to fit; they keep their previous multiplier",
     "out_of_range": "alpha above the estimator's bound (hill_alpha alpha_max), not a tail estimate; they keep their previous multiplier",
-    STATUS_OUTLIER: "alpha far from the other layers' (robust rule, policy.robust_outliers; outlier_z=None turns it off); they keep their previous multiplier",
+    STATUS_OUTLIER: "alpha far from the other layers' (robust rule, policies.llr.robust_outliers; outlier_z=None turns it off); they keep their previous multiplier",
     "no_grad": "no gradient at a gradient-phase LLR update; they keep their previous multiplier",
     "inactive": "fewer than two layers have a usable alpha at this LLR update, so Eq. 3 has no range and no multiplier moves",
 }
