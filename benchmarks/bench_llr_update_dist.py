@@ -46,6 +46,7 @@ def _rank_main(rank: int, world: int, port: int, shapes: list, threads: int, rep
     from torch.distributed.tensor import Shard, distribute_tensor
 
     from llr_kernels import LLRAdamW
+    from llr_kernels.dist_exit import exit_rank
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -77,8 +78,7 @@ def _rank_main(rank: int, world: int, port: int, shapes: list, threads: int, rep
                           "layers_measured": opt.last_split["layers_measured"] if opt.last_split else len(opt.layers),
                           "alphas": opt.llr.alphas.clone()}
     torch.save(result, f"{out}.{rank}")
-    dist.barrier()  # no rank tears the group down while another is still inside a collective (gloo aborts)
-    dist.destroy_process_group()
+    exit_rank()  # barrier, destroy the groups, exit without gloo's finalisation abort (llr_kernels.dist_exit)
 
 
 def measure(world: int, shapes: list, repeats: int) -> dict:

@@ -34,6 +34,7 @@ import data as data_mod  # noqa: E402
 from models import build_model, model_config  # noqa: E402
 from train import warmup_cosine  # noqa: E402
 
+from llr_kernels.dist_exit import exit_rank  # noqa: E402
 from llr_kernels import LLRAdamW, LLRMuon  # noqa: E402
 
 
@@ -174,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         if ckpt and ((a.save_every and step % a.save_every == 0) or step == stop):
             save(ckpt / f"step_{step}", model, opt, sched, step)
     log(f"final step {step}: params digest {digest(model)}")
-    dist.barrier()  # no rank tears the group down while another is still inside a collective
-    dist.destroy_process_group()
+    exit_rank()  # barrier, destroy the groups, exit without gloo's finalisation abort (llr_kernels.dist_exit)
 
 
 if __name__ == "__main__":

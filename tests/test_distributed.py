@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from tiny_models import TinyLlama, batches, lm_loss  # noqa: E402
 
 from conftest import free_port, requires  # noqa: E402
+from llr_kernels.dist_exit import exit_rank  # noqa: E402
 from llr_kernels import LLRAdamW, LLRMuon  # noqa: E402
 
 STEPS, WORLD = 6, 2
@@ -69,8 +70,7 @@ def worker(rank: int, mode: str, world: int, port: int, init: dict, out: str) ->
                          "full_tensor_calls": calls, "matrix_bytes": matrix_bytes,
                          "orthogonalized": None if muon is None else muon.last_orthogonalized}
     torch.save(results, f"{out}.{rank}")
-    dist.barrier()  # no rank tears the group down while another is still inside a collective (gloo aborts)
-    dist.destroy_process_group()
+    exit_rank()  # barrier, destroy the groups, exit without gloo's finalisation abort (llr_kernels.dist_exit)
 
 
 @pytest.mark.parametrize("mode,world", [("ddp", 2), ("ddp-split", 2), ("fsdp2", 2), ("ddp-split", 3), ("fsdp2", 3)],
@@ -206,8 +206,7 @@ def dcp_worker(rank: int, mode: str, port: int, init: dict, out: str) -> None:
         train(wrapped, opt, data[DCP_CUT:])
         results[name]["resumed"] = final(model, opt)
     torch.save(results, f"{out}.{rank}")
-    dist.barrier()  # no rank tears the group down while another is still inside a collective (gloo aborts)
-    dist.destroy_process_group()
+    exit_rank()  # barrier, destroy the groups, exit without gloo's finalisation abort (llr_kernels.dist_exit)
 
 
 DCP_CUT = 3  # interval 2: the last update was before step 2, the next comes before step 4; gradient phase until t=1
