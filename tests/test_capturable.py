@@ -119,9 +119,14 @@ def test_step_reads_nothing_from_the_host(kind, backend, seed):
     assert float(opt.param_groups[0]["lr"]) == pytest.approx(LR / 5, rel=1e-12)  # the scheduler reached it
     # The torch backend's capturable math (scalars as fp32/fp64 tensors, as torch.optim.AdamW(capturable=True))
     # rounds differently from the host-scalar math by an ulp of p, which 3 steps of training amplify to ~1e-3
-    # of the LR; a step with the wrong LR is off by ~LR / 6 (the schedule moves the LR by that much per step).
+    # of the LR; a step with the wrong LR is off by ~LR / 6 (the schedule moves the LR by that much per step) in
+    # every element. Single elements can differ more: where a gradient is near zero Adam's m / sqrt(v) magnifies
+    # the ulp (seen: 0.06 LR in 1 of 3072 embedding entries, LLR_TEST_SEED=118785), so the bound is on the share of
+    # elements beyond LR / 100 and on the mean difference, both of which a wrong LR exceeds by far.
     for (name, a), b in zip(model.named_parameters(), ref_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=LR * 1e-2, msg=lambda s, n=name: f"{n}: {s}")
+        diff = (a - b).abs()
+        assert (diff > LR * 1e-2).double().mean() <= 1e-3, (name, seed, float(diff.max()))
+        assert float(diff.mean()) <= LR * 1e-3, (name, seed, float(diff.mean()))
 
 
 def test_capture_of_a_step_with_host_work_raises(monkeypatch):
