@@ -72,6 +72,12 @@ def llama_params(size: str, layers: int | None = None) -> list[tuple[str, tuple[
     h, f, n_layers, vocab = LLAMA[llama_size(size)]
     if layers is not None and layers > 0:
         n_layers = min(layers, n_layers)
+    return llama_shapes(h, f, n_layers, vocab)
+
+
+def llama_shapes(h: int, f: int, n_layers: int, vocab: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(Hugging Face name, shape) of every parameter of a LLaMA with hidden size ``h``, FFN size ``f``, ``n_layers``
+    blocks and ``vocab`` tokens: embedding, per block 2 RMSNorms + q/k/v/o + gate/up/down, final norm, head."""
     shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, h))]
     for i in range(n_layers):
         pre = f"model.layers.{i}."

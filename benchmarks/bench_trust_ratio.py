@@ -40,20 +40,6 @@ from llr_kernels.optim.trust_ratio import LAMB, LARS  # noqa: E402
 HIDDEN, FFN, BLOCKS, VOCAB = 512, 1376, 5, 4096
 
 
-def llama_like_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of a small LLaMA: embedding, per block 2 RMSNorms + q/k/v/o + gate/up/down, final norm, head."""
-    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
-    for i in range(BLOCKS):
-        pre = f"model.layers.{i}."
-        shapes.append((pre + "input_layernorm.weight", (HIDDEN,)))
-        shapes += [(pre + f"self_attn.{k}_proj.weight", (HIDDEN, HIDDEN)) for k in "qkvo"]
-        shapes.append((pre + "post_attention_layernorm.weight", (HIDDEN,)))
-        shapes += [(pre + "mlp.gate_proj.weight", (FFN, HIDDEN)), (pre + "mlp.up_proj.weight", (FFN, HIDDEN)),
-                   (pre + "mlp.down_proj.weight", (HIDDEN, FFN))]
-    shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
-    return shapes
-
-
 def fused_adamw_on_cpu() -> str | None:
     """None when torch.optim.AdamW(fused=True) steps CPU tensors here, else why not."""
     try:
@@ -96,7 +82,7 @@ def main() -> int:
     machine = C.machine_info("cpu")
 
     gen = torch.Generator().manual_seed(0)
-    shapes = llama_like_shapes()
+    shapes = C.llama_shapes(HIDDEN, FFN, BLOCKS, VOCAB)
     init = [torch.randn(s, generator=gen) * 0.02 for _, s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-3 for _, s in shapes]  # shared: no optimizer here writes grads
     n_params = sum(t.numel() for t in init)

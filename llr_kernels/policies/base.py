@@ -33,13 +33,16 @@ def _ones(n: int) -> torch.Tensor:
 
 @dataclass
 class PolicyConfig:
-    """Base of the policy configs: ``build(layers)`` makes the policy of an optimizer's layers."""
+    """Base of the policy configs: ``build(layers)`` makes the policy of an optimizer's layers (by default a
+    ``policy_class`` with no layer pinned)."""
+
+    policy_class = None  # the LayerwisePolicy subclass this config builds (a class attribute, not a field)
 
     def validate(self) -> "PolicyConfig":
         return self
 
     def build(self, layers: Sequence[Layer]) -> "LayerwisePolicy":
-        raise NotImplementedError
+        return self.policy_class(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
 
 
 class LayerwisePolicy:

@@ -8,6 +8,9 @@ override of the optimizer reaches policies too.
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from .._checks import check_real
 
 BLOCKS = ("embedding", "head", "qk", "vo", "qkv", "ffn", "router", "experts", "norm", "bias", "other")
 _ROUTER = re.compile(r"(^|\.)(router|gate)\.weight$|moe.*\.gate\.weight$")
@@ -49,3 +52,13 @@ def blocks_of(kinds: list[str], names: list[str]) -> list[str]:
             if j is not None and blocks[j] != "bias":
                 blocks[i] = blocks[j]
     return blocks
+
+
+def check_block_table(name: str, table: Any, what: str) -> None:
+    """``table`` must be a dict {block: positive number} over ``BLOCKS``; ``what`` says what a value is."""
+    if not isinstance(table, dict):
+        raise TypeError(f"{name} must be a dict {{block: {what}}} over {BLOCKS}, got {table!r}")
+    for k, v in table.items():
+        if k not in BLOCKS:
+            raise ValueError(f"{name} has an unknown block {k!r}; blocks are {BLOCKS}")
+        check_real(f"{name}[{k!r}]", v, 0.0, lo_open=True, hint=f" (a {what})")

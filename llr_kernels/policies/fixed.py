@@ -8,14 +8,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 from .._checks import check_real
-from ..layers import Layer
 from .base import LayerwisePolicy, PolicyConfig
-from .blocks import BLOCKS, blocks_of
+from .blocks import blocks_of, check_block_table
 
 
 @dataclass
@@ -28,8 +26,6 @@ class UniformConfig(PolicyConfig):
         check_real("scale", self.scale, 0.0, lo_open=True, hint=" (every layer's LR multiplier; 1 = the base LR)")
         return self
 
-    def build(self, layers: Sequence[Layer]) -> "UniformPolicy":
-        return UniformPolicy(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
 
 
 class UniformPolicy(LayerwisePolicy):
@@ -48,17 +44,10 @@ class BlockwiseConfig(PolicyConfig):
     default: float = 1.0
 
     def validate(self) -> "BlockwiseConfig":
-        if not isinstance(self.ratios, dict):
-            raise TypeError(f"ratios must be a dict {{block: LR multiplier}} over {BLOCKS}, got {self.ratios!r}")
-        for k, v in self.ratios.items():
-            if k not in BLOCKS:
-                raise ValueError(f"ratios has an unknown block {k!r}; blocks are {BLOCKS}")
-            check_real(f"ratios[{k!r}]", v, 0.0, lo_open=True, hint=" (an LR multiplier)")
+        check_block_table("ratios", self.ratios, "LR multiplier")
         check_real("default", self.default, 0.0, lo_open=True, hint=" (the multiplier of blocks not in ratios)")
         return self
 
-    def build(self, layers: Sequence[Layer]) -> "BlockwisePolicy":
-        return BlockwisePolicy(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
 
 
 class BlockwisePolicy(LayerwisePolicy):
@@ -69,3 +58,7 @@ class BlockwisePolicy(LayerwisePolicy):
         c = self.config
         blocks = blocks_of(self.kinds, self.names)[first:first + count]
         return torch.tensor([float(c.ratios.get(b, c.default)) for b in blocks], dtype=torch.float64)
+
+
+UniformConfig.policy_class = UniformPolicy
+BlockwiseConfig.policy_class = BlockwisePolicy

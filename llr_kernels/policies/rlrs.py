@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from ..layers import Layer
 from .base import LayerwisePolicy, PolicyConfig
-from .blocks import BLOCKS, blocks_of
+from .blocks import blocks_of, check_block_table
 
 CURVES = ("paper", "linear", "cosine")
 
@@ -40,13 +38,8 @@ class RLRSConfig(PolicyConfig):
     final_lr_ratio: float = 0.1
 
     def validate(self) -> "RLRSConfig":
-        for name, table in (("start", self.start), ("end", self.end)):
-            if not isinstance(table, dict):
-                raise TypeError(f"{name} must be a dict {{block: relative LR}} over {BLOCKS}, got {table!r}")
-            for k, v in table.items():
-                if k not in BLOCKS:
-                    raise ValueError(f"{name} has an unknown block {k!r}; blocks are {BLOCKS}")
-                check_real(f"{name}[{k!r}]", v, 0.0, lo_open=True, hint=" (a relative LR)")
+        check_block_table("start", self.start, "relative LR")
+        check_block_table("end", self.end, "relative LR")
         if self.total_steps is None:
             raise ValueError("RLRS needs total_steps (the number of optimizer steps): its relative LRs move from "
                              "start to end over training")
@@ -56,8 +49,6 @@ class RLRSConfig(PolicyConfig):
                    hint=" (the global cosine's final LR / peak LR; curve 'paper' divides by that cosine)")
         return self
 
-    def build(self, layers: Sequence[Layer]) -> "RLRSPolicy":
-        return RLRSPolicy(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
 
 
 class RLRSPolicy(LayerwisePolicy):
@@ -65,6 +56,13 @@ class RLRSPolicy(LayerwisePolicy):
     config: RLRSConfig
 
     def _ends(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's (start, end) relative LR, computed once per layer set (not at every step)."""
+        cached = self.__dict__.get("_ends_cache")
+        if cached is None or cached[0] != len(self.kinds):
+            cached = self._ends_cache = (len(self.kinds), self._compute_ends())
+        return cached[1]
+
+    def _compute_ends(self) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         blocks = blocks_of(self.kinds, self.names)
         a = [float(c.start.get(b, c.end.get(b, 1.0))) for b in blocks]
@@ -89,3 +87,6 @@ class RLRSPolicy(LayerwisePolicy):
     def ramping(self, t: int) -> bool:
         a, z = self._ends()
         return bool((a != z).any()) and 0 < t <= self.config.total_steps
+
+
+RLRSConfig.policy_class = RLRSPolicy
