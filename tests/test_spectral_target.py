@@ -79,7 +79,9 @@ def test_target_met_or_handed_to_exact():
             assert rep["method"][i] == "exact" and rep["probes"][i] == 0 and err[i] <= 1e-5 * ref[i], msg
         else:
             assert rep["method"][i] == "lanczos" and rep["probes"][i] >= 32, msg
-            bound = slq_error_bound(float(r.alpha[i]), 256, rep["probes"][i], float(rep["stderr"][i]))
+            steps_term = float(rep["steps_error"][i])
+            assert 0.0 <= steps_term < target, msg
+            bound = slq_error_bound(float(r.alpha[i]), 256, rep["probes"][i], float(rep["stderr"][i]), steps_term)
             assert rep["error_est"][i] == pytest.approx(bound), msg
     assert max(rep["probes"]) > 32, msg  # the adaptive budget was used
     # the fixed budget's answer is kept: its error is what the refinement fixed
@@ -107,6 +109,27 @@ def test_target_flag_mode_says_which_missed():
     assert not all(rep["target_met"]), msg  # (alpha-1)^2 bias at n = 256 alone exceeds 0.1 for alpha >~ 2.8
 
 
+def test_steps_term_is_the_half_steps_difference():
+    """report["steps_error"] is |alpha(s steps) - alpha(s/2 steps)| on the same probes: checked against two separate
+    fixed-budget runs (the first s/2 steps of an s-step Lanczos run are an s/2-step run), and it is part of the
+    bound: error_est = slq_error_bound(..., steps_error)."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    mats = [torch.from_numpy(family(k, 160, 300, rng)) for k in KINDS]
+    kw = dict(method="lanczos", probes=16, groups=4, seed=seed)
+    rep: dict = {}
+    r = hill_alpha_fast(mats, steps=40, target_error=1e6, report=rep, **kw)  # met at once: no refinement
+    full = hill_alpha_fast(mats, steps=40, **kw).alpha
+    half = hill_alpha_fast(mats, steps=20, **kw).alpha
+    msg = f"seed {seed}"
+    assert torch.equal(r.alpha, full), msg
+    torch.testing.assert_close(rep["steps_error"], (full - half).abs(), rtol=1e-9, atol=1e-12, msg=msg)
+    assert float(rep["steps_error"].max()) > 1e-4, msg  # 20 vs 40 steps differ: the term is not trivially 0
+    for i in range(len(mats)):
+        bound = slq_error_bound(float(full[i]), 160, 16, float(rep["stderr"][i]), float(rep["steps_error"][i]))
+        assert float(rep["error_est"][i]) == pytest.approx(bound), msg
+
+
 def test_cpu_cost_model_hands_misses_to_exact():
     """On CPU exact is always cheaper than more SLQ (cost model): every matrix missing the target after the first
     round goes to exact, so all alphas meet 0.02 (exact ones within 1e-5 of float64 Eq. 2)."""
@@ -120,6 +143,7 @@ def test_cpu_cost_model_hands_misses_to_exact():
     msg = f"seed {seed}: {rep['to_exact']} {rep['error_est'].tolist()}"
     assert rep["target_met"] == [True] * len(ws), msg
     assert rep["to_exact"] == list(range(len(ws))), msg  # bias alone at n = 256: 3 (alpha-1)^2 / 256 > 0.02
+    assert rep["steps_error"].tolist() == [0.0] * len(ws), msg  # exact has no quadrature term
     np.testing.assert_allclose(r.alpha.numpy(), ref, rtol=1e-5, err_msg=msg)
 
 

@@ -60,15 +60,21 @@ Estimator error (measured: benchmarks/results/spectral_error_cpu.md, tests/test_
 relative. Model (``slq_error_model``): RMS |d alpha| ~ ``SLQ_ERR_C`` (alpha - 1)^2 / sqrt(n probes), C = 1.5
 (measured per family at 32 x 128, n = 256-2048: C 0.1-2.9, and 5.8-7.8 for rank 3n/4 at n = 1024, whose threshold
 sits where ln l is sparse, which the jackknife then carries; the fixed budget's max |d alpha| over 9 families was
-0.092 / 0.036 / 0.039 at n = 256 / 1024 / 2048, above 0.02 at every n). Plus a bias probes do not remove
+0.092 / 0.036 / 0.039 at n = 256 / 1024 / 2048, above 0.02 at every n; on the trained weights of all-MiniLM-L6-v2,
+n = 384, C 1.2-2.3 and max 0.041). Plus a bias probes do not remove
 (``slq_bias_model``): SLQ reads a smoothed quantile where Eq. 2 reads one eigenvalue, about a local eigenvalue
 gap apart: <~ ``SLQ_BIAS_C`` (alpha - 1)^2 / n (3 x 4 / 256 = 0.047 at alpha 3, n = 256). ``report["stderr"]``
 is a jackknife estimate over ``groups`` probe groups of each alpha's standard error (8 groups: itself uncertain
 by ~30%).
 
 ``target_error`` (default None: the fixed budget, as before): each matrix's bound is TARGET_Z (3) x
-max(jackknife, model RMS) + bias (``slq_error_bound``). SLQ matrices above the target get the probe count the
-model says they need (powers of two of ``probes``, new probes pooled with the old; the Gram is formed again per
+max(jackknife, model RMS) + bias + a steps term (``slq_error_bound``). The steps term is |alpha from all
+``steps`` Lanczos steps - alpha from the first steps/2| on the same probes (the leading half of each tridiagonal:
+a Gauss rule with half the nodes), an estimate of the error the quadrature's resolution leaves, which probes do
+not remove: on MiniLM's trained 384 x 384 weights (probes 512) the alpha error is 0.05-0.06 at 16 steps and
+0.016 at 24, and within 0.005 of its 128-step value from 32 steps on; with 128 steps the term is small. Without
+it, the bound passed matrices with errors of 0.03-0.08 at 16-32 steps (tests/test_spectral_trained.py). SLQ
+matrices above the target get the probe count the model says they need (powers of two of ``probes``, new probes pooled with the old; the Gram is formed again per
 round) while SLQ at that total still costs less than exact (or up to ``max_probes``); the rest, and SLQ matrices
 whose status is not ok, go to exact (``target_fallback="exact"``) or keep their SLQ alpha with
 ``target_met`` False ("flag"). Exact matrices are within EXACT_REL_TOL x alpha. The report carries the bound,
@@ -199,9 +205,10 @@ def slq_bias_model(alpha: float, n: int) -> float:
     return SLQ_BIAS_C * (alpha - 1.0) ** 2 / n
 
 
-def slq_error_bound(alpha: float, n: int, probes: int, stderr: float = 0.0) -> float:
-    """The |d alpha| bound target_error is checked against: TARGET_Z x max(jackknife stderr, modelled RMS) + bias."""
-    return TARGET_Z * max(stderr, slq_error_model(alpha, n, probes)) + slq_bias_model(alpha, n)
+def slq_error_bound(alpha: float, n: int, probes: int, stderr: float = 0.0, steps_error: float = 0.0) -> float:
+    """The |d alpha| bound target_error is checked against: TARGET_Z x max(jackknife stderr, modelled RMS) + bias
+    + ``steps_error`` (the half-steps difference, module docstring)."""
+    return TARGET_Z * max(stderr, slq_error_model(alpha, n, probes)) + slq_bias_model(alpha, n) + steps_error
 
 
 def probes_needed(n: int, target_error: float, alpha: float, probes: int) -> int | None:
@@ -308,9 +315,10 @@ def hill_alpha_fast(
         settled by float64 eigenvalues of their float32 Gram, tier 2) and "fp64_rerun" (indices recomputed in
         float64 throughout, tier 3). With target_error also "error_est" (per matrix: the |d alpha| bound used,
         ``slq_error_bound`` for SLQ (inf for a status exact must decide), EXACT_REL_TOL x alpha for exact, 0 without an
-        alpha), "target_met" (per matrix bool), "probes" (final SLQ probes, 0 for exact) and "to_exact" (indices
-        SLQ handed to the exact path), "alpha_fixed" / "stderr_fixed" / "status_fixed" (the answer of the fixed
-        budget, before any refinement).
+        alpha), "target_met" (per matrix bool), "steps_error" (per matrix: the half-steps term inside error_est,
+        0 for exact, inf where the half-steps rule gave another status), "probes" (final SLQ probes, 0 for exact)
+        and "to_exact" (indices SLQ handed to the exact path), "alpha_fixed" / "stderr_fixed" / "status_fixed"
+        (the answer of the fixed budget, before any refinement).
     target_error: None (default: the fixed budget, unchanged behaviour) or the |d alpha| each alpha must meet
         against float64 Eq. 2. SLQ matrices whose error_est exceeds it get more probes (the number the error
         model predicts, in powers of two of ``probes``) while SLQ at the new total still costs less than exact by
@@ -370,7 +378,8 @@ def hill_alpha_fast(
         torch.cuda.reset_peak_memory_stats(cuda_dev)
 
     stats = {"peak": 0, "chunks": 0, "rerun": [], "tier2": []}
-    node_rows: dict[torch.device, list] = defaultdict(list)  # device -> [(index, n, nodes, weights, lmax, mean, nu)]
+    node_rows: dict[torch.device, list[_NodeRow]] = defaultdict(list)
+    steps_err = None if target_error is None else torch.zeros(nmat, dtype=torch.float64)
     gen_cache: dict = {}
     for (m, n, device), idx in groups_of.items():
         budget = memory_budget if memory_budget is not None else default_budget(device)
@@ -381,19 +390,21 @@ def hill_alpha_fast(
             idx = [i for i in idx if status[i] == STATUS_TOO_FEW]  # not settled by prescale
             if idx:
                 _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, probes, steps, groups, seed, tf32,
-                             gen_cache, node_rows, status, stats)
+                             gen_cache, node_rows, status, stats, half=steps_err is not None)
     for device, rows in node_rows.items():
-        _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status, ranks)
+        _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status, ranks, steps_err)
     tgt = None
     if target_error is not None:
-        tgt = _Target(target_error, max_probes, target_fallback, nmat, costs)
+        tgt = _Target(target_error, max_probes, target_fallback, nmat, costs, steps_err)
         tgt.fixed = (alpha.clone(), stderr.clone(), list(status))  # the fixed budget's answer, before refinement
         for device, rows in node_rows.items():
             _refine(tgt, rows, device, mats, exps, dtype, backend, memory_budget, probes, steps, groups, seed, tf32,
                     gen_cache, opts, alpha, stderr, status, chosen, stats, ranks)
         for i in range(nmat):
-            if chosen[i] != "lanczos" and status[i] in OK_STATUSES:  # exact: within EXACT_REL_TOL of float64
-                tgt.err[i] = EXACT_REL_TOL * float(alpha[i])
+            if chosen[i] != "lanczos":  # chosen, or handed over by _refine
+                tgt.steps_err[i] = 0.0
+                if status[i] in OK_STATUSES:  # exact: within EXACT_REL_TOL of float64
+                    tgt.err[i] = EXACT_REL_TOL * float(alpha[i])
 
     if report is not None:
         measured = None
@@ -404,6 +415,7 @@ def hill_alpha_fast(
                       peak_extra_bytes=measured, fp64_rerun=sorted(stats["rerun"]), fp64_eig=sorted(stats["tier2"]))
         if tgt is not None:
             report.update(error_est=tgt.err, target_met=[bool(x <= target_error) for x in tgt.err.tolist()],
+                          steps_error=tgt.steps_err,
                           probes=tgt.probes, to_exact=sorted(tgt.to_exact), alpha_fixed=tgt.fixed[0],
                           stderr_fixed=tgt.fixed[1], status_fixed=tgt.fixed[2])
     return HillResult(alpha, status)
@@ -525,9 +537,32 @@ def _decide_exact(chunk, e, n, cdt, err_c, mats, backend, device, opts, alpha, s
 
 
 # ---------------------------------------------------------------------------------------------- lanczos
+class _NodeRow(NamedTuple):
+    """One matrix's SLQ quadrature, pooled over probes: Ritz nodes and weights (P, s), and with ``half`` those of
+    the leading s/2 x s/2 tridiagonals (the steps term of the target mode)."""
+
+    index: int
+    n: int
+    nodes: torch.Tensor
+    weights: torch.Tensor
+    lmax: torch.Tensor
+    mean: float
+    nu: float
+    half_nodes: torch.Tensor | None = None
+    half_weights: torch.Tensor | None = None
+
+    def pooled(self, more: "_NodeRow") -> "_NodeRow":
+        """This row with ``more``'s probes added (same matrix, later draws)."""
+        half = (None, None) if self.half_nodes is None else (
+            torch.cat([self.half_nodes, more.half_nodes]), torch.cat([self.half_weights, more.half_weights]))
+        return self._replace(nodes=torch.cat([self.nodes, more.nodes]), weights=torch.cat([self.weights, more.weights]),
+                             lmax=torch.maximum(self.lmax, more.lmax), half_nodes=half[0], half_weights=half[1])
+
+
 def _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, probes, steps, groups, seed, tf32, gen_cache,
-                 node_rows, status, stats) -> None:
-    """SLQ Gauss nodes of one (n, device) group, collected for the one final Hill reduction."""
+                 node_rows, status, stats, half: bool = False) -> None:
+    """SLQ Gauss nodes of one (n, device) group, collected for the one final Hill reduction; with ``half`` also
+    the nodes of the first steps/2 Lanczos steps (the same run's leading tridiagonals, no extra matvec)."""
     cdt = dtype or compute_dtype(device)
     gbackend, gram_fn = _op("gram", backend, device)
     if gbackend == "triton":
@@ -560,29 +595,53 @@ def _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, probes, ste
         with _no_tf32():
             a, b = lanczos_fn(g, v0, s)
         nodes, weights = tri_fn(a, b)
+        hn = hw = None
+        if half:
+            sh = max(2, s // 2)
+            hn, hw = tri_fn(a[..., :sh].contiguous(), b[..., : sh - 1].contiguous())
         lmax = nodes.amax((-1, -2)).clamp_min(0)
         for j in keep:
             i = chunk[j]
             nu = noise_level(n, mats[i].dtype, g.dtype)
-            node_rows[device].append((i, n, nodes[j], weights[j], lmax[j], float(mean[j]), nu))
+            node_rows[device].append(_NodeRow(i, n, nodes[j], weights[j], lmax[j], float(mean[j]), nu,
+                                              None if hn is None else hn[j], None if hw is None else hw[j]))
         del g, flat
 
 
-def _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status, ranks) -> None:
-    """Hill reductions of the pooled Ritz nodes; a rank-deficient matrix's numerical rank goes to ``ranks``."""
-    idx = [r[0] for r in rows]
-    ns = [r[1] for r in rows]
-    smax = max(r[2].shape[-1] for r in rows)
+def _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status, ranks, steps_err=None) -> None:
+    """Hill reductions of the pooled Ritz nodes; a rank-deficient matrix's numerical rank goes to ``ranks``. With
+    ``steps_err`` (target mode) also |alpha - alpha of the half-steps nodes| per matrix (inf where their statuses
+    differ)."""
+    full = _hill_of_nodes(rows, [(r.nodes, r.weights) for r in rows], device, backend, groups, opts)
+    for r, row in enumerate(rows):
+        i = row.index
+        a, st, rank, jk = full[r]
+        alpha[i], status[i], stderr[i] = a, st, jk
+        if rank is not None:
+            ranks[i] = rank
+    if steps_err is None:
+        return
+    half = _hill_of_nodes(rows, [(r.half_nodes, r.half_weights) for r in rows], device, backend, groups, opts)
+    for r, row in enumerate(rows):
+        (a, st, _, _), (ah, sth, _, _) = full[r], half[r]
+        steps_err[row.index] = abs(a - ah) if st == sth and st in OK_STATUSES else float("inf")
+
+
+def _hill_of_nodes(rows, quads, device, backend, groups, opts) -> list[tuple[float, str, int | None, float]]:
+    """(alpha, status, numerical rank of a rank-deficient matrix or None, jackknife stderr) per row, from the
+    quadratures ``quads`` ((nodes, weights) (P, s) per row)."""
+    ns = [r.n for r in rows]
+    smax = max(q[0].shape[-1] for q in quads)
 
     def pad(x: torch.Tensor) -> torch.Tensor:  # different n may give different step counts: zero-weight pad
         return torch.nn.functional.pad(x, (0, smax - x.shape[-1]))
 
-    nodes = torch.stack([pad(r[2]) for r in rows])
-    weights = torch.stack([pad(r[3]) for r in rows])
+    nodes = torch.stack([pad(q[0]) for q in quads])
+    weights = torch.stack([pad(q[1]) for q in quads])
     cdt = nodes.dtype
-    lmax_c = torch.stack([r[4] for r in rows]).to("cpu", torch.float64)
+    lmax_c = torch.stack([r.lmax for r in rows]).to("cpu", torch.float64)
     floors = [
-        max(zero_floor(n, float(lm), r[5], r[6], cdt), torch.finfo(cdt).tiny) for n, lm, r in zip(ns, lmax_c, rows)
+        max(zero_floor(n, float(lm), r.mean, r.nu, cdt), torch.finfo(cdt).tiny) for n, lm, r in zip(ns, lmax_c, rows)
     ]
     floor = torch.tensor(floors, dtype=cdt, device=device)
     n_t = torch.tensor(ns, dtype=cdt, device=device)
@@ -594,21 +653,21 @@ def _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status, 
         return ln_thr.to("cpu", torch.float64), logsum.to("cpu", torch.float64), at_floor.to("cpu", torch.float64)
 
     rows_all = list(range(len(rows)))
+    out: list[list] = [[float("nan"), STATUS_TOO_FEW, None, float("nan")] for _ in rows_all]
     params = [hill_params(n, opts.variant) for n in ns]
     ln_thr, logsum, at_floor = reduce(rows_all, [p[3] for p in params])
     num = [float(p[2]) for p in params]
     final_ls = logsum.clone()
     deficient: list[int] = []
     for r in rows_all:
-        i = idx[r]
         if not float(lmax_c[r]) > 0:
-            status[i] = STATUS_ZERO
+            out[r][1] = STATUS_ZERO
             continue
         thr = math.exp(float(ln_thr[r, 0]))
         if thr <= floors[r] * (1 + 1e-6) or float(at_floor[r]) >= params[r][3]:
             deficient.append(r)
             continue
-        alpha[i], status[i] = decide(num[r], float(logsum[r, 0]), rows[r][6], opts.alpha_max)
+        out[r][0], out[r][1] = decide(num[r], float(logsum[r, 0]), rows[r].nu, opts.alpha_max)
     if deficient and opts.rank_deficient == "nonzero":
         rank_of = {r: int(round(ns[r] * (1.0 - float(at_floor[r])))) for r in deficient}
         redo = [r for r in deficient if rank_of[r] >= max(2, opts.min_eigs)]
@@ -622,28 +681,31 @@ def _finish_lanczos(rows, device, backend, groups, opts, alpha, stderr, status, 
             _, ls2, _ = reduce(redo, levels)
             for j, r in enumerate(redo):
                 final_ls[r] = ls2[j]
-                ranks[idx[r]] = rank_of[r]
-                alpha[idx[r]], status[idx[r]] = decide(num[r], float(ls2[j, 0]), rows[r][6], opts.alpha_max,
-                                                       STATUS_OK_RANK_DEFICIENT)
+                out[r][2] = rank_of[r]
+                out[r][0], out[r][1] = decide(num[r], float(ls2[j, 0]), rows[r].nu, opts.alpha_max,
+                                              STATUS_OK_RANK_DEFICIENT)
         for r in deficient:
             if r not in set(redo):
-                alpha[idx[r]], status[idx[r]] = float("nan"), STATUS_RANK_DEFICIENT
+                out[r][0], out[r][1] = float("nan"), STATUS_RANK_DEFICIENT
     else:
         for r in deficient:
-            alpha[idx[r]], status[idx[r]] = float("nan"), STATUS_RANK_DEFICIENT
+            out[r][0], out[r][1] = float("nan"), STATUS_RANK_DEFICIENT
     num_t = torch.tensor(num, dtype=torch.float64).view(-1, 1)
     reps = 1.0 + num_t / final_ls[:, 1:]
     jk = ((groups - 1) / groups * (reps - reps.mean(1, keepdim=True)).square().sum(1)).sqrt()
-    for r, i in enumerate(idx):
-        stderr[i] = float(jk[r]) if status[i] in (STATUS_OK, STATUS_OK_RANK_DEFICIENT) else float("nan")
+    for r in rows_all:
+        out[r][3] = float(jk[r]) if out[r][1] in (STATUS_OK, STATUS_OK_RANK_DEFICIENT) else float("nan")
+    return [tuple(o) for o in out]
 
 
 # ---------------------------------------------------------------------------------------------- target_error
 class _Target:
     """State of the target_error refinement: per-matrix error estimates and probe counts."""
 
-    def __init__(self, target: float, max_probes: int | None, fallback: str, nmat: int, costs: DeviceCost | None):
+    def __init__(self, target: float, max_probes: int | None, fallback: str, nmat: int, costs: DeviceCost | None,
+                 steps_err: torch.Tensor):
         self.target, self.max_probes, self.fallback, self.costs = target, max_probes, fallback, costs
+        self.steps_err = steps_err  # (nmat,) the half-steps term, updated by every Hill reduction of a refinement
         self.err = torch.zeros(nmat, dtype=torch.float64)
         self.probes = [0] * nmat
         self.to_exact: list[int] = []
@@ -655,7 +717,7 @@ def _refine(tgt, rows, device, mats, exps, dtype, backend, memory_budget, probes
     whose extra SLQ would cost more than exact (or pass max_probes), or whose status is not ok, goes to exact
     (or is flagged). Probes of later rounds are new draws of the same generator, pooled with the earlier ones;
     each round is one SLQ run per (n, extra probes) and one Hill reduction per probe count."""
-    cur = {r[0]: r for r in rows}
+    cur = {r.index: r for r in rows}
     pc = {i: probes for i in cur}  # probes pooled so far, per matrix
     budget = memory_budget if memory_budget is not None else default_budget(device)
     todo = list(cur)
@@ -670,11 +732,12 @@ def _refine(tgt, rows, device, mats, exps, dtype, backend, memory_budget, probes
                 hand[n].append(i)
                 continue
             a, n_eff = float(alpha[i]), ranks.get(i, n)  # a rank-deficient tail is read from its rank's eigenvalues
-            tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]))
+            fixed_part = slq_bias_model(a, n_eff) + float(tgt.steps_err[i])  # what more probes do not remove
+            tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]), float(tgt.steps_err[i]))
             if tgt.err[i] <= tgt.target:
                 continue
-            room = tgt.target - slq_bias_model(a, n_eff)  # what the statistical part may use; <= 0: probes cannot help
-            stat = tgt.err[i] - slq_bias_model(a, n_eff)
+            room = tgt.target - fixed_part  # what the statistical part may use; <= 0: probes cannot help
+            stat = tgt.err[i] - fixed_part
             want = p * 2 ** max(1, math.ceil(math.log2((stat / room) ** 2))) if room > 0 else 0
             if room <= 0:
                 ok = False
@@ -698,15 +761,14 @@ def _refine(tgt, rows, device, mats, exps, dtype, backend, memory_budget, probes
         more: dict[torch.device, list] = defaultdict(list)
         for (n, extra), idx in grow.items():
             _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, extra, steps, groups, seed, tf32,
-                         gen_cache, more, status, stats)
+                         gen_cache, more, status, stats, half=True)
         for r in more[device]:  # pool the new probes with the old ones
-            i, old = r[0], cur[r[0]]
-            cur[i] = (i, r[1], torch.cat([old[2], r[2]]), torch.cat([old[3], r[3]]), torch.maximum(old[4], r[4]),
-                      old[5], old[6])
-            pc[i] += r[2].shape[0]
+            cur[r.index] = cur[r.index].pooled(r)
+            pc[r.index] += r.nodes.shape[0]
         todo = [i for idx in grow.values() for i in idx]
         by_p: dict[int, list[int]] = defaultdict(list)
         for i in todo:
             by_p[pc[i]].append(i)
         for idx in by_p.values():
-            _finish_lanczos([cur[i] for i in idx], device, backend, groups, opts, alpha, stderr, status, ranks)
+            _finish_lanczos([cur[i] for i in idx], device, backend, groups, opts, alpha, stderr, status, ranks,
+                            tgt.steps_err)
