@@ -49,6 +49,7 @@ TESTS = {
     "dist": ["tests/test_distributed.py"],
     "policies": ["tests/test_policies.py", "tests/test_dcp.py"],
     "target": ["tests/test_spectral_target.py", "tests/test_spectral_trained.py"],
+    "trust": ["tests/test_trust_ratio.py"],
 }
 
 
@@ -67,6 +68,7 @@ ADAMW, MUON, BASE = "llr_kernels/optim/adamw.py", "llr_kernels/optim/muon.py", "
 # state_dict); the alpha -> multiplier maps (Eq. 3 is kind="linear"); the fixed, RLRS and block helpers
 LLR, PBASE, MAPS = "llr_kernels/policies/llr.py", "llr_kernels/policies/base.py", "llr_kernels/policies/maps.py"
 FIXED, RLRS, BLOCKS = "llr_kernels/policies/fixed.py", "llr_kernels/policies/rlrs.py", "llr_kernels/policies/blocks.py"
+TRUST = "llr_kernels/optim/trust_ratio.py"
 FAST = "llr_kernels/spectral/fast.py"  # the batched spectral path: SLQ and its target_error bound
 HILL = "llr_kernels/spectral/hill.py"  # hill_params: Eq. 2's indices for every spectral path
 PAPER = "        return n - k - 1, n - k, k, (n - k - 0.5) / n"
@@ -367,6 +369,16 @@ MUTANTS: list[Mutant] = [
     Mutant("noncontig-muon-rows-step-of-row-0", "llr_kernels/ops/custom_ops.py",
            "muon_apply_torch([params[i]], [updates[i]], decays[i:i + 1], step_sizes[i:i + 1], capturable=capturable)",
            "muon_apply_torch([params[i]], [updates[i]], decays[0:1], step_sizes[0:1], capturable=capturable)", "noncontig", ext="on"),
+    # ----- LAMB / LARS (optim/trust_ratio.py): the ratios and whole-tensor norms of sharded parameters ----------
+    Mutant("trust-loop-norm-of-local-shard", TRUST, "    return float(full(torch.linalg.vector_norm(t, 2, dtype=_norm_dtype(t.dtype))))",
+           "    return float(torch.linalg.vector_norm(t.to_local() if is_dtensor(t) else t, 2, dtype=_norm_dtype(t.dtype)))",
+           "trust"),
+    Mutant("trust-batched-norms-of-local-shards", TRUST, "zip(ids, full(torch.stack(norms)).to(",
+           "zip(ids, torch.stack([x.to_local() if is_dtensor(x) else x for x in norms]).to(", "trust"),
+    Mutant("lamb-clamp-ignored", TRUST, "    phi = w_norm if clamp is None else min(max(w_norm, clamp[0]), clamp[1])",
+           "    phi = w_norm", "trust"),
+    Mutant("lars-ratio-drops-weight-decay", TRUST, "    return coefficient * w_norm / (g_norm + wd * w_norm + eps)",
+           "    return coefficient * w_norm / (g_norm + eps)", "trust"),
     # ----- target_error: the steps term of SLQ's bound (spectral/fast.py) -----------------------------------------
     Mutant("target-bound-without-steps-term", FAST,
            "tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]), float(tgt.steps_err[i]))",

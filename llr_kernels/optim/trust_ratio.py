@@ -37,6 +37,10 @@ widely used implementations do (TF's LAMB ``exclude_from_layer_adaptation``, Sim
     vectors = {id(l.param) for l in classify_parameters(model) if l.kind == "vector"}
     opt = LAMB(model.parameters(), exclude_from_trust=lambda p: id(p) in vectors)
 
+Sharded parameters (FSDP2 / DTensor): the elementwise math acts on each rank's shard and every norm is the whole
+tensor's (reduced over the mesh, one collective per bucket on the batched path), so all ranks compute the same
+trust ratios as one process would.
+
 Group LRs are read at every step, so torch.optim.lr_scheduler works; an LR may be a 1-element tensor (read
 as a number each step; schedulers update it in place). Every argument is checked at construction (and in
 ``add_param_group``): a wrong type raises TypeError, a value out of range ValueError, naming the argument.
@@ -50,6 +54,7 @@ import torch
 from torch.optim import Optimizer
 
 from .._checks import check_betas, check_bool, check_real
+from ._dtensor import full, is_dtensor
 
 __all__ = ["LAMB", "LARS", "exclude_vectors"]
 
@@ -104,19 +109,21 @@ def _norm_dtype(dtype: torch.dtype) -> torch.dtype | None:
 
 
 def _norm(t: torch.Tensor) -> float:
-    """||t||_2 as a host float (the loop path)."""
-    return float(torch.linalg.vector_norm(t, 2, dtype=_norm_dtype(t.dtype)))
+    """||t||_2 of the whole tensor as a host float (the loop path). A DTensor's norm is reduced over its mesh
+    (one collective: every rank calls this in the same order), never the local shard's."""
+    return float(full(torch.linalg.vector_norm(t, 2, dtype=_norm_dtype(t.dtype))))
 
 
 def _norms_batched(tensors: list[torch.Tensor]) -> list[float]:
-    """||t||_2 of every tensor as host floats: one ``_foreach_norm`` and one host copy per (device, dtype)."""
+    """||t||_2 of every whole tensor as host floats: one ``_foreach_norm``, one host copy and, for DTensors, one
+    collective per (device, dtype, mesh) bucket (the stacked partial norms are reduced together)."""
     out = [0.0] * len(tensors)
-    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    buckets: dict[tuple[torch.device, torch.dtype, Any], list[int]] = {}
     for i, t in enumerate(tensors):
-        buckets.setdefault((t.device, t.dtype), []).append(i)
-    for (_, dtype), ids in buckets.items():
+        buckets.setdefault((t.device, t.dtype, t.device_mesh if is_dtensor(t) else None), []).append(i)
+    for (_, dtype, _), ids in buckets.items():
         norms = torch._foreach_norm([tensors[i] for i in ids], 2, dtype=_norm_dtype(dtype))
-        for i, v in zip(ids, torch.stack(norms).to("cpu", torch.float64).tolist()):
+        for i, v in zip(ids, full(torch.stack(norms)).to("cpu", torch.float64).tolist()):
             out[i] = v
     return out
 
