@@ -483,3 +483,21 @@ def test_lanczos_triton_backend_end_to_end():
     r = hill_alpha_fast(mats, method="lanczos", backend="torch", probes=8, steps=24, groups=4,
                         dtype=torch.float32)
     np.testing.assert_allclose(t.alpha.numpy(), r.alpha.numpy(), rtol=1e-3)
+
+
+@needs_triton
+def test_lanczos_triton_backend_target_mode():
+    """The target mode's steps term and refinement rounds on the Triton ops (half-steps nodes through the same
+    Hill-from-nodes kernel) agree with the float32 torch backend: alphas, steps terms, bounds and probe counts."""
+    rng = np.random.default_rng(9)
+    mats = [torch.from_numpy(make("powerlaw", 96, 150, rng, 3.0)).float() for _ in range(3)]
+    kw = dict(method="lanczos", probes=8, steps=24, groups=4, seed=5, target_error=0.4, max_probes=32,
+              target_fallback="flag")
+    rt, rr = {}, {}
+    t = hill_alpha_fast(mats, backend="triton", report=rt, **kw)
+    r = hill_alpha_fast(mats, backend="torch", dtype=torch.float32, report=rr, **kw)
+    np.testing.assert_allclose(t.alpha.numpy(), r.alpha.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(rt["steps_error"].numpy(), rr["steps_error"].numpy(), rtol=0.05, atol=1e-3)
+    np.testing.assert_allclose(rt["error_est"].numpy(), rr["error_est"].numpy(), rtol=1e-2)
+    assert rt["probes"] == rr["probes"] and max(rr["probes"]) > 8  # a refinement round ran on both
+    assert float(rr["steps_error"].max()) > 0
