@@ -280,3 +280,13 @@ def test_spectral_error_table_dry_run():
     for key, r in table.items():
         worst_met = float(r[13])
         assert math.isnan(worst_met) or worst_met <= 0.02, (key, r)
+
+
+def test_slq_steps_term_benchmark_dry_run():
+    """The steps-term cost benchmark runs end to end at tiny sizes and reports both timings and their ratio."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(BENCH / "bench_slq_steps_term.py"), "--dry-run", "--allow-loaded"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "| fixed budget (target_error=None) |" in out.stdout and "| ratio |" in out.stdout
