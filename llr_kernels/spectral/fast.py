@@ -74,8 +74,8 @@ a Gauss rule with half the nodes), an estimate of the error the quadrature's res
 not remove: on MiniLM's trained 384 x 384 weights (probes 512) the alpha error is 0.05-0.06 at 16 steps and
 0.016 at 24, and within 0.005 of its 128-step value from 32 steps on; with 128 steps the term is small. Without
 it, the bound passed matrices with errors of 0.024-0.049 at 16-32 steps (tests/test_spectral_trained.py). SLQ
-matrices above the target get the probe count the model says they need (powers of two of ``probes``, new probes pooled with the old; the Gram is formed again per
-round) while SLQ at that total still costs less than exact (or up to ``max_probes``); the rest, and SLQ matrices
+matrices above the target get the probe count the model says they need (powers of two of ``probes``, new probes
+pooled with the old; the Gram is formed again per round) while SLQ at that total still costs less than exact (or up to ``max_probes``); the rest, and SLQ matrices
 whose status is not ok, go to exact (``target_fallback="exact"``) or keep their SLQ alpha with
 ``target_met`` False ("flag"). Exact matrices are within EXACT_REL_TOL x alpha. The report carries the bound,
 the verdict and the final probes per matrix. Rank-deficient matrices (``rank_deficient="nonzero"``): SLQ
