@@ -103,14 +103,15 @@ def trained_rows(device: torch.device, dry_run: bool) -> dict[str, list[torch.Te
 
 
 def want_trained(flag: str) -> bool:
-    if flag in ("yes", "only"):
-        if C.trained_weights_file() is None:
-            raise SystemExit(f"--trained {flag}: the trained-weights package is not installed: {C.TRAINED_INSTALL}")
+    """Whether to add the MiniLM rows: "no" never; "auto" when the package is installed; "yes" / "only" require it."""
+    if flag == "no":
+        return False
+    if C.trained_weights_file() is not None:
         return True
-    if flag == "auto" and C.trained_weights_file() is None:
+    if flag == "auto":
         print(f"trained-weights rows skipped (package not installed: {C.TRAINED_INSTALL})", flush=True)
         return False
-    return flag == "auto"
+    raise SystemExit(f"--trained {flag}: the trained-weights package is not installed: {C.TRAINED_INSTALL}")
 
 
 def run(args: argparse.Namespace, device: torch.device, budget: C.Budget) -> list[dict[str, Any]]:

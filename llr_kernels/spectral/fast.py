@@ -67,22 +67,21 @@ gap apart: <~ ``SLQ_BIAS_C`` (alpha - 1)^2 / n (3 x 4 / 256 = 0.047 at alpha 3, 
 is a jackknife estimate over ``groups`` probe groups of each alpha's standard error (8 groups: itself uncertain
 by ~30%).
 
-``target_error`` (default None: the fixed budget, as before): each matrix's bound is TARGET_Z (3) x
-max(jackknife, model RMS) + bias + a steps term (``slq_error_bound``). The steps term is |alpha from all
-``steps`` Lanczos steps - alpha from the first steps/2| on the same probes (the leading half of each tridiagonal:
-a Gauss rule with half the nodes), an estimate of the error the quadrature's resolution leaves, which probes do
-not remove: on MiniLM's trained 384 x 384 weights (probes 512) the alpha error is 0.05-0.06 at 16 steps and
-0.016 at 24, and within 0.005 of its 128-step value from 32 steps on; with 128 steps the term is small. Without
-it, the bound passed matrices with errors of 0.024-0.049 at 16-32 steps (tests/test_spectral_trained.py). SLQ
-matrices above the target get the probe count the model says they need (powers of two of ``probes``, new probes
-pooled with the old; the Gram is formed again per round) while SLQ at that total still costs less than exact (or up to ``max_probes``); the rest, and SLQ matrices
-whose status is not ok, go to exact (``target_fallback="exact"``) or keep their SLQ alpha with
-``target_met`` False ("flag"). Exact matrices are within EXACT_REL_TOL x alpha. The report carries the bound,
-the verdict and the final probes per matrix. Rank-deficient matrices (``rank_deficient="nonzero"``): SLQ
-estimates the numerical rank r from the quadrature mass at the zero floor (about n (1 - mass)), then reads the
-threshold of Eq. 2 on the nonzero part with a second Hill reduction; their error model and bound use r for n
-(the tail is r / 2 eigenvalues, so the gap at the threshold is ~ 1 / r: at n = 200, r = 60, alpha 2.5, 128
-probes, RMS 0.02 relative, worst of 600 draws 0.10).
+``target_error`` (default None: the fixed budget, as before): each matrix's bound is TARGET_Z (3) x max(jackknife,
+model RMS) + bias + a steps term (``slq_error_bound``). The steps term is |alpha from all ``steps`` Lanczos steps -
+alpha from the first steps/2| on the same probes (the leading half of each tridiagonal: a Gauss rule with half the
+nodes), an estimate of the error the quadrature's resolution leaves, which probes do not remove: on MiniLM's trained
+384 x 384 weights (probes 512) the alpha error is 0.05-0.06 at 16 steps and 0.016 at 24, and within 0.005 of its
+128-step value from 32 steps on; with 128 steps the term is small. Without it, the bound passed matrices with errors
+of 0.024-0.049 at 16-32 steps (tests/test_spectral_trained.py). SLQ matrices above the target get the probe count
+the model says they need (powers of two of ``probes``, new probes pooled with the old; the Gram is formed again per
+round) while SLQ at that total still costs less than exact (or up to ``max_probes``); the rest, and SLQ matrices
+whose status is not ok, go to exact (``target_fallback="exact"``) or keep their SLQ alpha with ``target_met`` False
+("flag"). Exact matrices are within EXACT_REL_TOL x alpha. The report carries the bound, the verdict and the final
+probes per matrix. Rank-deficient matrices (``rank_deficient="nonzero"``): SLQ estimates the numerical rank r from
+the quadrature mass at the zero floor (about n (1 - mass)), then reads the threshold of Eq. 2 on the nonzero part
+with a second Hill reduction; their error model and bound use r for n (the tail is r / 2 eigenvalues, so the gap at
+the threshold is ~ 1 / r: at n = 200, r = 60, alpha 2.5, 128 probes, RMS 0.02 relative, worst of 600 draws 0.10).
 
 Why a few launches and not one fused Gram -> Lanczos -> Hill kernel (analysis; no GPU was available to
 measure): every Lanczos step needs the whole previous vector, i.e. a grid-wide dependency per step. A fused
