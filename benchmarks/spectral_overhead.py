@@ -156,9 +156,12 @@ def call_method(method: str, mats: list[torch.Tensor], args) -> tuple[torch.Tens
     return out, rep
 
 
-def count_launches(fn, device: torch.device) -> int:
+def count_launches(fn, device: torch.device) -> tuple[int, dict[str, int]]:
     """Kernel launches of one call (CUDA: kernels in a torch.profiler trace; CPU: the ATen operators it runs,
-    the closest CPU analogue: both stay flat in the number of layers when the work is batched)."""
+    the closest CPU analogue: both stay flat in the number of layers when the work is batched), and the eight most
+    frequent names with their counts (where the launches go when there are too many)."""
+    from collections import Counter
+
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -167,8 +170,10 @@ def count_launches(fn, device: torch.device) -> int:
         C.sync(device)
     events = prof.events()
     if device.type == "cuda":
-        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    return sum(1 for e in events if e.name.startswith("aten::") and e.cpu_parent is None)
+        names = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    else:
+        names = [e.name for e in events if e.name.startswith("aten::") and e.cpu_parent is None]
+    return len(names), {k[:80]: v for k, v in Counter(names).most_common(8)}
 
 
 def tolerance(method: str, chosen: str | None, device: torch.device) -> float:
@@ -247,7 +252,7 @@ def measure_group(label: str, mats: list[torch.Tensor], device, args, budget: C.
                 rec["peak_extra_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
             elif rep.get("peak_extra_bytes_est") is not None:  # CPU: the pipeline's own accounting of its buffers
                 rec["peak_extra_mib"] = rep["peak_extra_bytes_est"] / 2**20
-            rec["launches"] = count_launches(lambda: call_method(method, mats, args), device)
+            rec["launches"], rec["top_launches"] = count_launches(lambda: call_method(method, mats, args), device)
             if rep.get("method"):
                 rec["chosen"] = {m: rep["method"].count(m) for m in set(rep["method"]) if m}
             if "stderr" in rep and rep["stderr"] is not None:
@@ -372,7 +377,7 @@ def markdown(res: dict, machine: dict, load: dict) -> str:
                      "alphas <= 50 ms; >= 50x the svdvals loop; 7B <= 0.5 s")
     lines += ["", "Launches (CUDA: kernels; CPU: top-level ATen operators) and peak extra memory (CUDA: measured; CPU: "
               "the pipeline's estimate of its buffers) per call:", "",
-              "| model | group | method | launches | peak extra MiB |", "|---|---|---|---|---|"]
+              "| model | group | method | launches | peak extra MiB | most frequent |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
         for grp in ("hidden", "embedding"):
             g = r.get(grp) or {}
@@ -380,7 +385,9 @@ def markdown(res: dict, machine: dict, load: dict) -> str:
                 x = g.get(m) or {}
                 if "launches" in x:
                     mib = x.get("peak_extra_mib")
-                    lines.append(f"| {r['model']} | {grp} | {m} | {x['launches']} | {'-' if mib is None else f'{mib:.0f}'} |")
+                    top = "; ".join(f"{k[:40]} x{v}" for k, v in list((x.get("top_launches") or {}).items())[:3])
+                    lines.append(f"| {r['model']} | {grp} | {m} | {x['launches']} | {'-' if mib is None else f'{mib:.0f}'} "
+                                 f"| {top} |")
     lines += [""] + notes
     return "\n".join(lines) + "\n"
 

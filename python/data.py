@@ -13,7 +13,6 @@ covers the files' paths, sizes and mtimes, the vocabulary size and the tokenizer
 from __future__ import annotations
 
 import hashlib
-import json
 import lzma
 import os
 import time

@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--s", type=float, default=None, help="LLR's s (default: 3 for LLRAdamW, 2 for LLRMuon)")
     ap.add_argument("--interval", type=int, default=20, help="steps between LLR updates")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: one GPU per rank (nccl) when CUDA is present, else CPU ranks (gloo)")
     ap.add_argument("--ckpt", default=None, help="checkpoint folder (DCP); nothing is saved without it")
     ap.add_argument("--save-every", type=int, default=0, help="save every N steps (and at the end); 0: at the end")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --ckpt")
@@ -62,23 +64,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def setup() -> tuple[int, int, torch.device]:
-    cuda = torch.cuda.is_available()
+def setup(device: str) -> tuple[int, int, torch.device]:
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda and local >= torch.cuda.device_count():
+        sys.exit(f"rank with LOCAL_RANK {local} has no GPU of its own ({torch.cuda.device_count()} visible): start at most "
+                 f"{torch.cuda.device_count()} processes per node, or pass --device cpu")
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local)
     return rank, world, torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
 
 
-def wrap(model: torch.nn.Module, parallel: str) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.nn.Module:
     if parallel == "ddp":
         return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # explicit: the default mesh is CUDA's if present
     for block in model.layers:
-        fully_shard(block)
-    return fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def make_optimizer(a: argparse.Namespace, target: torch.nn.Module):
@@ -126,7 +134,7 @@ def digest(model: torch.nn.Module) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    rank, world, device = setup()
+    rank, world, device = setup(a.device)
     if a.batch % world:
         raise SystemExit(f"--batch {a.batch} must split evenly over {world} ranks")
     log = print if rank == 0 else (lambda *x, **k: None)
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens = data_mod.load_data(a.data, a.vocab_size, log=lambda *x, **k: None)
     torch.manual_seed(a.seed)
     model = build_model(model_config(a.preset, vocab_size=tokens.vocab_size, max_seq_len=a.seq)).to(device)
-    wrapped = wrap(model, a.parallel)
+    wrapped = wrap(model, a.parallel, device)
     opt = make_optimizer(a, wrapped if a.parallel == "ddp" else model)
     warm = max(1, a.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: warmup_cosine(t, a.steps, warm))

@@ -24,6 +24,15 @@ if not torch.cuda.is_available():
 torch.set_num_threads(1)
 
 REQUIRE_ALL = os.environ.get("LLR_REQUIRE_ALL", "0") == "1"
+# Where the kernels under test run: the GPU when there is one (Triton compiled), else the CPU (Triton interpreted).
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CPU = torch.device("cpu")
+
+
+def device_for(backend: str) -> torch.device:
+    """The device a test of ``backend`` runs on: Triton kernels need DEV (CUDA, or the CPU interpreter); the
+    torch and C++ backends are tested on the CPU, where their results are exact enough to compare bit for bit."""
+    return DEV if backend == "triton" else CPU
 
 
 def requires(why_not: str | None, what: str) -> list[pytest.MarkDecorator]:

@@ -140,7 +140,8 @@ def test_step_matches_float64_reference(backend, amsgrad, maximize, inv_scale, m
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float64_params(backend):
-    """fp64 params with fp64 state (Triton hands them to the torch path, C++ has a double kernel)."""
+    """fp64 params with fp64 state (Triton and the CUDA kernel of the extension hand them to the torch path; its CPU
+    kernel has a double variant)."""
     check_step(backend, 2, True, False, 0.5, 1.0, combos=[(torch.float64, torch.float64), (torch.float32, torch.float32)],
                sizes=[1, 100, 5000, 40000])
 

@@ -144,7 +144,7 @@ def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):
     from torch.distributed.fsdp import fully_shard
 
     sharded = TinyLlama(d=32, ffn=64, layers=1)
-    fully_shard(sharded)
+    fully_shard(sharded, mesh=mesh)
     with pytest.raises(NotImplementedError, match=r"^LLRMuon with capturable=True cannot split Newton-Schulz across ranks"):
         LLRMuon(sharded, capturable=True)
     LLRMuon(sharded)  # row-sharded on a 1-D mesh: supported
@@ -152,11 +152,13 @@ def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):
 def wrap(mode: str, model: torch.nn.Module) -> torch.nn.Module:
     if mode.startswith("ddp"):
         return torch.nn.parallel.DistributedDataParallel(model)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))  # gloo ranks: the default mesh would be CUDA's on a GPU
     for blk in model.model.layers:
-        fully_shard(blk)
-    return fully_shard(model)
+        fully_shard(blk, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
 
 
 def dcp_worker(rank: int, mode: str, port: int, init: dict, out: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import needs, requires, triton_launch_missing
+from conftest import needs, triton_launch_missing
 from llr_kernels.spectral.fast import hill_params
 from llr_kernels.spectral.lanczos import lanczos_torch, rademacher_probes, slq_hill_torch, tridiag_eig_torch
 

@@ -13,15 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import backend_missing, needs, requires, torch_muon_missing
+from conftest import CPU, backend_missing, device_for, needs, requires, torch_muon_missing
 from llr_kernels import LLRAdamW, LLRMuon
 from llr_kernels.ops import custom_ops
 from llr_kernels.ops.adamw_torch import adamw_step_torch
 from reference import torch_muon_ns_f64
 
-CPU = torch.device("cpu")
-BACKENDS = ["torch", "auto"] + [pytest.param(b, marks=requires(backend_missing(b, CPU), f"backend {b!r}"), id=b)
-                                for b in ("cpp", "triton")]
+FAST = [pytest.param(b, marks=requires(backend_missing(b, device_for(b)), f"backend {b!r}"), id=b) for b in ("cpp", "triton")]
+BACKENDS = ["torch", "auto"] + FAST  # each runs on device_for(backend)
 
 
 class Net(nn.Module):
@@ -43,9 +42,11 @@ class Net(nn.Module):
         return [p.stride() for p in self.parameters()]
 
 
-def twins(seed: int) -> tuple[Net, Net]:
+def twins(seed: int, device: torch.device = CPU) -> tuple[Net, Net]:
+    """Two equal Nets built on ``device`` (moving one there would make its strided slice contiguous)."""
     torch.manual_seed(seed)
-    a, b = Net(), Net()
+    with device:
+        a, b = Net(), Net()
     with torch.no_grad():
         for p, q in zip(a.parameters(), b.parameters()):
             q.copy_(p)
@@ -55,7 +56,7 @@ def twins(seed: int) -> tuple[Net, Net]:
 def run(model, opts, steps, seed, clip=None):
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        x = torch.randn(4, 3, 6, 6, generator=g).to(memory_format=torch.channels_last)
+        x = torch.randn(4, 3, 6, 6, generator=g).to(next(model.parameters()).device, memory_format=torch.channels_last)
         for o in opts:
             o.zero_grad()
         model(x).square().mean().backward()
@@ -75,7 +76,7 @@ def test_the_layouts_are_what_the_test_means(seed):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("clip", [None, 0.05], ids=["noclip", "clip"])
 def test_llr_adamw_matches_torch_adamw(backend, clip, seed):
-    model, ref_model = twins(seed)
+    model, ref_model = twins(seed, device_for(backend))
     layouts = model.layouts()
     opt = LLRAdamW(model, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, s=1.0, max_grad_norm=clip, backend=backend)
     ref = torch.optim.AdamW(ref_model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
@@ -95,7 +96,7 @@ def test_llr_muon_matches_torch_muon(backend, seed, monkeypatch):
     import torch.optim._muon as torch_muon
 
     monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", torch_muon_ns_f64)
-    model, ref_model = twins(seed)
+    model, ref_model = twins(seed, device_for(backend))
     layouts = model.layouts()
     muon_backend = "torch" if backend == "cpp" else None
     opt = LLRMuon(model, lr=0.02, adamw_lr=2e-3, weight_decay=0.1, s=1.0, ns_dtype=torch.float64, backend=backend,
@@ -132,26 +133,27 @@ def test_kernel_views_flatten_shared_dense_layouts_only(seed):
     assert torch.equal(cl.permute(0, 2, 3, 1).reshape(-1), flat)
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b, marks=requires(backend_missing(b, CPU), f"backend {b!r}"), id=b)
-                                     for b in ("cpp", "triton")])
+@pytest.mark.parametrize("backend", FAST)
 def test_op_with_mixed_layouts_and_clipping_matches_the_torch_reference(backend, seed):
     """One call with a contiguous, a channels_last and a strided tensor and a global clip: the strided one
     takes the torch path, all three get one clip factor and their own LR and step counter."""
     g = torch.Generator().manual_seed(seed)
+    dev = device_for(backend)
 
     def tensors():
-        return [torch.randn(5, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g).to(memory_format=torch.channels_last),
-                torch.randn(5, 8, generator=g)[:, ::2]]
+        return [torch.randn(5, 4, generator=g).to(dev),
+                torch.randn(2, 3, 4, 4, generator=g).to(dev, memory_format=torch.channels_last),
+                torch.randn(5, 8, generator=g).to(dev)[:, ::2]]
 
     params, grads = tensors(), tensors()
     grads[2] = grads[2].contiguous()  # autograd gives a non-dense parameter a contiguous grad
-    lrs, wds = torch.tensor([1e-2, 2e-2, 3e-2]), torch.tensor([0.1, 0.0, 0.2])
+    lrs, wds = torch.tensor([1e-2, 2e-2, 3e-2], device=dev), torch.tensor([0.1, 0.0, 0.2], device=dev)
     results = {}
     for name in ("op", "reference"):
         ps = [p.clone(memory_format=torch.preserve_format) for p in params]
-        ps[2] = torch.zeros(5, 8)[:, ::2].copy_(params[2])  # clone() would make the slice contiguous
+        ps[2] = torch.zeros(5, 8, device=dev)[:, ::2].copy_(params[2])  # clone() would make the slice contiguous
         ms, vs = [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps]
-        steps = torch.tensor([0.0, 3.0, 7.0])
+        steps = torch.tensor([0.0, 3.0, 7.0], device=dev)
         for _ in range(2):
             if name == "op":
                 norm = custom_ops.adamw_step(ps, grads, ms, vs, [], lrs, wds, steps, 0.9, 0.99, 1e-8, False, False,
@@ -165,17 +167,20 @@ def test_op_with_mixed_layouts_and_clipping_matches_the_torch_reference(backend,
     for a, b in zip(ps, ref_ps):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(norm, ref_norm.float())
-    assert torch.equal(steps, torch.tensor([2.0, 5.0, 9.0])) and torch.equal(ref_steps, steps)
+    assert torch.equal(steps.cpu(), torch.tensor([2.0, 5.0, 9.0])) and torch.equal(ref_steps, steps)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires(backend_missing("triton", CPU), "backend 'triton'"))])
+@pytest.mark.parametrize("backend", FAST[1:])
 def test_muon_apply_op_steps_each_torch_path_matrix_with_its_own_decay_and_step(backend, seed):
     """muon_apply with a contiguous matrix and two transposed views (their contiguous updates send them through the
     torch path one by one): each matrix gets its own decay and step size. Reference: p * d - s * u in float64."""
     g = torch.Generator().manual_seed(seed)
-    params = [torch.randn(6, 4, generator=g), torch.randn(4, 6, generator=g).t(), torch.randn(5, 3, generator=g).t()]
-    updates = [torch.randn(tuple(p.shape), generator=g) for p in params]
-    decays, step_sizes = torch.tensor([0.99, 0.95, 0.9]), torch.tensor([0.01, 0.02, 0.03])
+    dev = device_for(backend)
+    params = [torch.randn(6, 4, generator=g).to(dev), torch.randn(4, 6, generator=g).to(dev).t(),
+              torch.randn(5, 3, generator=g).to(dev).t()]
+    updates = [torch.randn(tuple(p.shape), generator=g).to(dev) for p in params]
+    decays = torch.tensor([0.99, 0.95, 0.9], device=dev)
+    step_sizes = torch.tensor([0.01, 0.02, 0.03], device=dev)
     want = [p.double() * d - s * u.double() for p, u, d, s in
             zip(params, updates, decays.double().tolist(), step_sizes.double().tolist())]
     strides = [p.stride() for p in params]

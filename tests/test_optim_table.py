@@ -48,6 +48,10 @@ VOCAB, D, FF = 24, 16, 32
 STEPS = {"torch": 4, "cpp": 4, "triton": 3}
 # (ulps of the reference value, multiple of lr) per step, see the module docstring
 BOUNDS = {"cpp": (8, 1e-4), "triton": (8, 1e-4)}
+# A bf16 moment is rounded to 8 bits after every step: a float32 difference of one ulp before that rounding (an FMA
+# on a GPU, say) can flip it by one bf16 ulp (2^-8 relative), which moves that step's update by up to 2^-8 of
+# itself. Seen on an H200: 1.7e-4 to 7.4e-4 of the movement with bf16 state, < 1e-4 with float32 state.
+BF16_STATE_REL = 2.0**-8
 
 
 class TableModel(nn.Module):
@@ -94,13 +98,17 @@ def run(model: nn.Module, step: Callable[[], None], zero: Callable[[], None], st
         step()
 
 
-def assert_params(got: nn.Module, want: nn.Module, init: list[torch.Tensor], backend: str) -> None:
-    """Bitwise on the torch backend; elsewhere within BOUNDS[backend] (see the module docstring)."""
+def assert_params(got: nn.Module, want: nn.Module, init: list[torch.Tensor], backend: str,
+                  state_dtype: torch.dtype | None = None) -> None:
+    """Bitwise on the torch backend; elsewhere within BOUNDS[backend] (see the module docstring), widened for a
+    bf16 optimizer state to BF16_STATE_REL of the movement."""
     for (name, a), b, b0 in zip(got.named_parameters(), want.parameters(), init):
         if backend == "torch":
             assert torch.equal(a, b), f"{name}: max |diff| {float((a - b).abs().max()):.3e} (torch backend must be bitwise)"
             continue
         ulps, rel = BOUNDS[backend]
+        if state_dtype == torch.bfloat16:
+            rel = max(rel, BF16_STATE_REL)
         a, b = a.detach(), b.detach()
         ulp = torch.nextafter(b.abs(), torch.tensor(math.inf, device=b.device)) - b.abs()
         moved = float((b - b0).abs().max())
@@ -189,7 +197,7 @@ def test_llr_adamw_matches_torch_adamw(row: Row, backend: str):
     steps = STEPS[backend]
     run(model, opt.step, opt.zero_grad, steps)
     run(ref_model, ref_step, ref.zero_grad, steps)
-    assert_params(model, ref_model, init, backend)
+    assert_params(model, ref_model, init, backend, state_dtype)
     for p in model.parameters():
         st = opt.state[p]
         assert float(st["step"]) == steps
@@ -274,7 +282,7 @@ def test_llr_muon_matches_torch_muon(row: Row, backend: str, muon_backend: str, 
 
     def ref_step():
         if clip is not None:
-            torch.nn.utils.clip_grad_norm_(ref_model.parameters(), clip, foreach=False)
+            torch.nn.utils.clip_grad_norm_(ref_model.parameters(), clip)  # as LLRMuon clips (foreach where torch does)
         if maximize:  # torch.optim.Muon has no maximize: ascend by descending on -grad
             for p in ref_model.matrices():
                 p.grad.neg_()
@@ -332,7 +340,7 @@ def test_spectral_arguments_reach_hill_alpha(cls, method, monkeypatch):
         return real(mats, **kw)
 
     monkeypatch.setattr(base, "hill_alpha", spy)
-    model = TableModel()
+    model = TableModel().to(DEV)
     opt = cls(model, hill_method=method, hill_variant="reference", min_eigs=7, interval=1)
     run(model, opt.step, opt.zero_grad, 1)
     assert [(c["method"], c["variant"], c["min_eigs"]) for c in calls] == [(method, "reference", 7)]

@@ -19,7 +19,7 @@ from torch import nn
 
 from llr_kernels import LLRAdamW, LLRMuon, dispatch
 from llr_kernels.policies.llr import LLRConfig, LLRPolicy, robust_outliers
-from conftest import requires
+from conftest import device_for, requires
 from reference import eq3, esd_np, hill_llr_np, robust_outliers_np
 from tiny_models import SpectralNet
 
@@ -27,7 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 import models as harness  # noqa: E402 - the training harness's models (python/models.py)
 
-DEV = torch.device("cpu")
 S = 3.0
 
 
@@ -258,7 +257,7 @@ class OddNet(nn.Module):
         return self.head(h)
 
 
-BACKENDS = [pytest.param(b, marks=requires(dispatch.unavailable_reason(b, DEV), b)) for b in ("torch", "cpp", "triton")]
+BACKENDS = [pytest.param(b, marks=requires(dispatch.unavailable_reason(b, device_for(b)), b)) for b in ("torch", "cpp", "triton")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -266,10 +265,10 @@ BACKENDS = [pytest.param(b, marks=requires(dispatch.unavailable_reason(b, DEV), 
 @given(scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e3]), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
        source=st.sampled_from(["grad", "weight"]))
 def test_odd_parameters_step_without_exceptions(backend, scale, dtype, source):
-    model = OddNet(scale, dtype)
+    model = OddNet(scale, dtype).to(device_for(backend))
     total = 4 if source == "grad" else None
     opt = LLRAdamW(model, lr=1e-3, s=S, interval=1, total_steps=total, grad_phase=1.0, min_eigs=16, backend=backend)
-    idx = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(0)).to(device_for(backend))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(3):

@@ -56,3 +56,32 @@ def test_cuda_exact_alphas_through_dispatch_match_float64():
     r = hill_alpha_fast([w.cuda() for w in mats], method="exact")
     assert r.status == ["ok"] * 4
     np.testing.assert_allclose(r.alpha.numpy(), ref, rtol=1e-5)
+
+
+def test_batches_past_the_solver_limit_are_split(monkeypatch):
+    """cusolverDnXsyevBatched indexes with int32 (n * n * batch < 2^31): a larger batch once came back wrong for
+    every matrix at n = 4096. eigvalsh_cpp splits it; shrinking the limit makes a 7-matrix batch take 3 calls."""
+    why = batched_reason()
+    if why is not None:
+        pytest.skip(f"batched cuSOLVER op unavailable: {why}")
+    import llr_kernels.spectral.tridiag_cpp as tc
+
+    g = grams(7, 24, seed=5)
+    monkeypatch.setattr(tc, "SYEV_BATCHED_MAX_ELEMENTS", 3 * 24 * 24)
+    e = tc.eigvalsh_cpp(g.to("cuda", torch.float64).tril(), torch.float64)
+    np.testing.assert_allclose(e.cpu().numpy(), np.linalg.eigvalsh(g.numpy()), rtol=0, atol=1e-10 * float(g.abs().max()))
+
+
+def test_lanczos_on_cuda_matches_the_cpu_run():
+    """SLQ on CUDA draws its probes on the host from the same seed (a CUDA generator once broke every lanczos
+    and auto call on a GPU): the alphas equal the CPU run's up to float32 rounding."""
+    from reference import power_law_matrix
+
+    from llr_kernels.spectral.fast import hill_alpha_fast
+
+    mats = [power_law_matrix(300, 500, e, seed=i) for i, e in enumerate((2.5, 3.5))]
+    kw = dict(method="lanczos", probes=8, steps=40, backend="torch", tf32=False)
+    cpu = hill_alpha_fast(mats, **kw)
+    gpu = hill_alpha_fast([w.cuda() for w in mats], **kw)
+    assert gpu.status == cpu.status == ["ok", "ok"]
+    np.testing.assert_allclose(gpu.alpha.numpy(), cpu.alpha.numpy(), rtol=1e-3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import needs, require, requires, triton_launch_missing
+from conftest import DEV, needs, require, requires, triton_launch_missing
 from llr_kernels.spectral import hill_alpha
 from llr_kernels.spectral.fast import SLQ_BIAS_C, SLQ_ERR_C, choose_method, hill_alpha_fast, hill_params
 from llr_kernels.spectral.lanczos import lanczos_torch, rademacher_probes, slq_hill_torch, tridiag_eig_torch
@@ -71,6 +71,7 @@ def test_exact_mode_matches_numpy(variant, backend):
     if backend == "triton":  # the Triton Gram is fp32-accumulated: compare fp32 inputs at fp32 accuracy
         mats = [m.float() for m in mats]
         ws = [m.double().numpy() for m in mats]
+        mats = [m.to(DEV) for m in mats]
     r = hill_alpha_fast(mats, method="exact", variant=variant, backend=backend)
     ref = np.array([np_alpha(w, variant) for w in ws])
     tol = 1e-5 if backend == "torch" else 2e-4
@@ -447,7 +448,7 @@ def test_hill_eigs_triton_matches_numpy():
     e = np.sort(rng.pareto(2.5, size=(5, 300)) + 0.1, axis=1).astype(np.float32)
     for variant in ("paper", "reference"):
         thr_i, top, _, _ = hill_params(300, variant)
-        got = hill_eigs_triton(torch.from_numpy(e), thr_i, top).double().numpy()
+        got = hill_eigs_triton(torch.from_numpy(e).to(DEV), thr_i, top).double().cpu().numpy()
         ed = e.astype(np.float64)
         ref_ls = np.log(ed[:, top:] / ed[:, thr_i : thr_i + 1]).sum(1)
         np.testing.assert_allclose(got[:, 0], ed[:, thr_i], rtol=1e-7)
@@ -469,17 +470,18 @@ def test_hill_nodes_triton_matches_torch_reference():
     q = torch.full((4,), hill_params(96, "paper")[3], dtype=torch.float64)
     floor = nodes.amax((-1, -2)) * 96 * 1e-15
     ut_r, ls_r, af_r = slq_hill_torch(nodes, weights, n_t, q, floor, groups=4)
-    ut_t, ls_t, af_t = hill_nodes_triton(nodes, weights, n_t, q, floor, groups=4)
-    np.testing.assert_allclose(ut_t.numpy(), ut_r.numpy(), atol=2e-4)
-    np.testing.assert_allclose(ls_t.numpy(), ls_r.numpy(), rtol=2e-4)
-    torch.testing.assert_close(af_t, af_r)
+    ut_t, ls_t, af_t = hill_nodes_triton(*(x.to(DEV) for x in (nodes, weights, n_t, q, floor)), groups=4)
+    np.testing.assert_allclose(ut_t.cpu().numpy(), ut_r.numpy(), atol=2e-4)
+    np.testing.assert_allclose(ls_t.cpu().numpy(), ls_r.numpy(), rtol=2e-4)
+    torch.testing.assert_close(af_t.cpu(), af_r)
 
 
 @needs_triton
 def test_lanczos_triton_backend_end_to_end():
     rng = np.random.default_rng(8)
     mats = [torch.from_numpy(make("powerlaw", 96, 150, rng, 3.0)).float() for _ in range(3)]
-    t = hill_alpha_fast(mats, method="lanczos", backend="triton", probes=8, steps=24, groups=4)
+    t = hill_alpha_fast([m.to(DEV) for m in mats], method="lanczos", backend="triton", probes=8, steps=24, groups=4,
+                        tf32=False)
     r = hill_alpha_fast(mats, method="lanczos", backend="torch", probes=8, steps=24, groups=4,
                         dtype=torch.float32)
     np.testing.assert_allclose(t.alpha.numpy(), r.alpha.numpy(), rtol=1e-3)
@@ -494,7 +496,7 @@ def test_lanczos_triton_backend_target_mode():
     kw = dict(method="lanczos", probes=8, steps=24, groups=4, seed=5, target_error=0.4, max_probes=32,
               target_fallback="flag")
     rt, rr = {}, {}
-    t = hill_alpha_fast(mats, backend="triton", report=rt, **kw)
+    t = hill_alpha_fast([m.to(DEV) for m in mats], backend="triton", report=rt, tf32=False, **kw)
     r = hill_alpha_fast(mats, backend="torch", dtype=torch.float32, report=rr, **kw)
     np.testing.assert_allclose(t.alpha.numpy(), r.alpha.numpy(), rtol=1e-3)
     np.testing.assert_allclose(rt["steps_error"].numpy(), rr["steps_error"].numpy(), rtol=0.05, atol=1e-3)

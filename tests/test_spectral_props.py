@@ -7,7 +7,6 @@ call, Lanczos gives the same status as exact. Every example prints its seed thro
 import math
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

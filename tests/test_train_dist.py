@@ -17,7 +17,7 @@ pytestmark = requires(None if dist.is_available() else "this torch build has no 
 def run(args: list[str]) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(ROOT, "python", "train_dist.py"), "--preset", "tiny", "--steps", "8", "--interval", "3",
-           "--batch", "4", "--seq", "32", *args]
+           "--batch", "4", "--seq", "32", "--device", "cpu", *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout

@@ -243,7 +243,8 @@ void adamw_step_cuda(const at::Tensor& work, const at::Tensor& meta, const at::T
     TORCH_CHECK(b->is_cuda() && b->scalar_type() == at::kFloat && b->is_contiguous(),
                 "lrs, weight_decays and steps must be contiguous float32 CUDA tensors");
   }
-  TORCH_CHECK(beta1 > 0 && beta1 < 1 && beta2 > 0 && beta2 < 1, "betas must lie in (0, 1)");
+  TORCH_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "betas must lie in [0, 1), got (", beta1, ", ",
+              beta2, ")");  // beta = 0: log is -inf, so the bias correction -expm1(step * log) is 1
   const int64_t blocks = work.size(0);
   if (blocks == 0) return;
   const c10::cuda::CUDAGuard guard(work.device());

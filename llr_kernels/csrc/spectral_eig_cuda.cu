@@ -20,6 +20,7 @@
 #include <dlfcn.h>
 
 #include <math.h>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -125,6 +126,9 @@ at::Tensor eigvalsh_batched_cuda(const at::Tensor& grams, at::ScalarType dtype) 
 #if LLR_SYEV_BATCHED
   const c10::cuda::CUDAGuard guard(grams.device());
   const int64_t bsz = grams.size(0), n = grams.size(1);
+  // cuSOLVER indexes the batch with 32-bit integers: past 2^31 - 1 elements every matrix comes back wrong, silently
+  TORCH_CHECK(n * n * bsz <= INT32_MAX, "eigvalsh_batched_cuda: n * n * batch must be < 2^31 (n = ", n, ", batch = ",
+              bsz, "); split the batch (at most ", INT32_MAX / (n > 0 ? n * n : 1), " matrices of this n per call)");
   auto w = at::empty({bsz, n}, grams.options().dtype(dtype));
   if (bsz == 0 || n == 0) return w;
   // The solver overwrites its input: a private contiguous copy in the compute dtype. The lower triangle of the

@@ -25,6 +25,10 @@ from torch import Tensor
 META_COLS = 8  # p, g, m, v, vmax addresses, numel, global index, number of chunks
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 _CACHE_SIZE = 64
+# dtypes the fused kernels (Triton and the extension's CUDA kernel) have variants for; grads share their param's
+# dtype (as torch requires of .grad); other dtypes go through the torch reference (with_torch_fallback)
+PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+STATE_DTYPES = (torch.float32, torch.bfloat16)
 
 _stats = {"work_builds": 0, "meta_uploads": 0}
 
@@ -187,3 +191,41 @@ def get_plan(
     plan = Plan(buckets, total)
     _lru_put(_plans, key, plan)
     return plan
+
+
+def kernel_supports(p: Tensor, g: Tensor, m: Tensor) -> bool:
+    """True when the fused kernels (Triton, and the extension's CUDA kernel) have a variant for this tensor's
+    dtypes (see PARAM_DTYPES, STATE_DTYPES)."""
+    return p.dtype in PARAM_DTYPES and g.dtype == p.dtype and m.dtype in STATE_DTYPES
+
+
+def with_torch_fallback(kernel, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *,
+                        max_grad_norm, inv_scale, found_inf, capturable=False, **kw) -> Tensor | None:
+    """Tensors the fused ``kernel`` has no variant for (fp64, or grads/state of other dtypes) go through the torch
+    reference; the rest through ``kernel``, with one shared clip factor."""
+    from .adamw_torch import adamw_step_torch, clip_coefficient, global_grad_norm
+
+    ok = [kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)]
+    idx_ref = [i for i in range(len(params)) if not ok[i]]
+    idx = [i for i in range(len(params)) if ok[i]]
+    norm = None
+    scale = inv_scale
+    if max_grad_norm is not None:
+        norm = global_grad_norm(grads, inv_scale).float()
+        coef = clip_coefficient(norm, max_grad_norm)
+        scale = coef if inv_scale is None else coef * inv_scale.float()
+        scale = scale.reshape(1)
+
+    def pick(xs, ids):
+        return None if xs is None else [xs[i] for i in ids]
+
+    for ids, fn in ((idx_ref, adamw_step_torch), (idx, kernel)):
+        if not ids:
+            continue
+        sel = torch.tensor(ids, device=lrs.device)
+        sub_steps = steps[sel].contiguous()
+        fn(pick(params, ids), pick(grads, ids), pick(exp_avgs, ids), pick(exp_avg_sqs, ids),
+           pick(max_exp_avg_sqs, ids), lrs[sel].contiguous(), weight_decays[sel].contiguous(), sub_steps,
+           inv_scale=scale, found_inf=found_inf, max_grad_norm=None, capturable=capturable, **kw)
+        steps[sel] = sub_steps
+    return norm

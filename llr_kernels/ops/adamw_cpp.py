@@ -63,8 +63,11 @@ def adamw_step_cpp(
                                   found_inf, None if max_grad_norm is None else float(max_grad_norm))
     if device.type != "cuda" or not getattr(mod, "with_cuda", False):
         raise RuntimeError(f"backend='cpp' has no kernel for {device} in this build")
-    if any(p.dtype == torch.float64 for p in params):
-        raise TypeError("backend='cpp' on CUDA supports fp32/fp16/bf16 params; use backend='torch' for fp64")
+    if not all(wt.kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)):  # fp64: the torch reference
+        return wt.with_torch_fallback(adamw_step_cpp, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs,
+                                      weight_decays, steps, beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad,
+                                      maximize=maximize, inv_scale=inv_scale, found_inf=found_inf,
+                                      max_grad_norm=max_grad_norm, capturable=capturable)
     for name, buf in (("lrs", lrs), ("weight_decays", weight_decays), ("steps", steps)):
         if buf.dtype != torch.float32 or not buf.is_contiguous() or buf.device != device:
             raise ValueError(f"{name} must be a contiguous float32 tensor on {device}")

@@ -30,15 +30,13 @@ from torch import Tensor
 
 from ..kernel_variants import Variant
 from . import _work_table as wt
-from .adamw_torch import adamw_step_torch
+from ._work_table import PARAM_DTYPES, STATE_DTYPES, kernel_supports, with_torch_fallback
 
 CHUNK = 32768  # elements per program
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-# The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles).
-# Grads share their param's dtype (as torch requires of .grad); other dtypes go through the torch reference.
-PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-STATE_DTYPES = (torch.float32, torch.bfloat16)
+# The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles):
+# PARAM_DTYPES x STATE_DTYPES (see _work_table); other dtypes go through the torch reference.
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -298,9 +296,9 @@ def adamw_step_triton(
     if not 0.0 <= beta1 < 1.0 or not 0.0 <= beta2 < 1.0:
         raise ValueError(f"betas must lie in [0, 1), got ({beta1}, {beta2})")
 
-    if not all(_kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)):
-        return _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps,
-                                    beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
+    if not all(kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)):
+        return with_torch_fallback(adamw_step_triton, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs,
+                                   weight_decays, steps, beta1=beta1, beta2=beta2, eps=eps, amsgrad=amsgrad, maximize=maximize,
                                     inv_scale=inv_scale, found_inf=found_inf, max_grad_norm=max_grad_norm,
                                     capturable=capturable)
     # the kernel reads these as fp32 scalars (one compiled variant); GradScaler already makes them fp32
@@ -331,40 +329,3 @@ def adamw_step_triton(
 def _log(beta: float) -> float:
     """log(beta) for the kernel's bias corrections; beta = 0 gives -inf, so 1 - beta**step = 1 (no correction)."""
     return math.log(beta) if beta > 0.0 else -math.inf
-
-
-def _kernel_supports(p: Tensor, g: Tensor, m: Tensor) -> bool:
-    """True when the kernel has a compiled variant for this tensor's dtypes (see PARAM_DTYPES, STATE_DTYPES)."""
-    return p.dtype in PARAM_DTYPES and g.dtype == p.dtype and m.dtype in STATE_DTYPES
-
-
-def _with_torch_fallback(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, lrs, weight_decays, steps, *,
-                         max_grad_norm, inv_scale, found_inf, capturable=False, **kw) -> Tensor | None:
-    """Tensors the kernel has no variant for (fp64, or grads/state of other dtypes) go through the torch
-    reference; the rest through the kernel, with one shared clip factor."""
-    ok = [_kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)]
-    idx_ref = [i for i in range(len(params)) if not ok[i]]
-    idx = [i for i in range(len(params)) if ok[i]]
-    norm = None
-    scale = inv_scale
-    if max_grad_norm is not None:
-        from .adamw_torch import clip_coefficient, global_grad_norm
-
-        norm = global_grad_norm(grads, inv_scale).float()
-        coef = clip_coefficient(norm, max_grad_norm)
-        scale = coef if inv_scale is None else coef * inv_scale.float()
-        scale = scale.reshape(1)
-
-    def pick(xs, ids):
-        return None if xs is None else [xs[i] for i in ids]
-
-    for ids, fn in ((idx_ref, adamw_step_torch), (idx, adamw_step_triton)):
-        if not ids:
-            continue
-        sel = torch.tensor(ids, device=lrs.device)
-        sub_steps = steps[sel].contiguous()
-        fn(pick(params, ids), pick(grads, ids), pick(exp_avgs, ids), pick(exp_avg_sqs, ids),
-           pick(max_exp_avg_sqs, ids), lrs[sel].contiguous(), weight_decays[sel].contiguous(), sub_steps,
-           inv_scale=scale, found_inf=found_inf, max_grad_norm=None, capturable=capturable, **kw)
-        steps[sel] = sub_steps
-    return norm

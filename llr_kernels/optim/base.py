@@ -538,7 +538,6 @@ class LLROptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._opt_called = True  # what an LR scheduler's wrapper of step() would record (see below)
         if self._host_due or self._grad_signature() != self._signature:
             self._host_step()
         self._step_params()
@@ -550,7 +549,8 @@ class LLROptimizer(torch.optim.Optimizer):
 
     # An LR scheduler wraps optimizer.step in a function of torch/optim/lr_scheduler.py, a file dynamo never
     # traces (a compiled step would always break there), unless step carries this attribute; it only serves the
-    # "scheduler.step() before optimizer.step()" warning, for which step() sets _opt_called itself.
+    # "scheduler.step() before optimizer.step()" warning, for which _after_step sets _opt_called itself (on the
+    # host: dynamo refuses a setattr on an optimizer inside a traced step in torch 2.11).
     step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
 
     @torch.compiler.disable
@@ -586,6 +586,7 @@ class LLROptimizer(torch.optim.Optimizer):
     def _after_step(self) -> None:
         """Host bookkeeping at the end of every step: called by an eager step, and by the llr_tick op when the
         graph of a compiled step runs."""
+        self._opt_called = True  # what an LR scheduler's wrapper of step() records: no "called before" warning
         if self.capturable and _capturing():  # a capture runs no kernels: each replay is counted by after_replay()
             return
         if self.__dict__.pop("_state_init_only", False):  # DCP's state initialisation: not a training step

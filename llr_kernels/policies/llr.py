@@ -12,9 +12,8 @@ excluded layer keeps its previous multiplier, and the optimizers report it as st
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

@@ -585,10 +585,10 @@ def _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, probes, ste
         for j in torch.nonzero(~finite).flatten().tolist():
             status[chunk[j]] = STATUS_NON_FINITE
         keep = [j for j in range(len(chunk)) if status[chunk[j]] != STATUS_NON_FINITE]
-        if device not in gen_cache:
-            gen_cache[device] = torch.Generator(device=device).manual_seed(seed)
+        if "probes" not in gen_cache:  # probes are drawn on the host (rademacher_probes): the same on every device
+            gen_cache["probes"] = torch.Generator(device="cpu").manual_seed(seed)
         s = min(steps, n)
-        v0 = rademacher_probes(len(chunk), probes, n, device=device, dtype=g.dtype, generator=gen_cache[device])
+        v0 = rademacher_probes(len(chunk), probes, n, device=device, dtype=g.dtype, generator=gen_cache["probes"])
         _, lanczos_fn = _op("lanczos", backend, device)
         _, tri_fn = _op("tridiag_eig", backend, device)
         with _no_tf32():

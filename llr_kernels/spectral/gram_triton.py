@@ -2,9 +2,9 @@
 
 A host-built table lists every matrix (address, n = min dim, K = max dim, strides that present it as an
 n x K row-major-or-not operand A, output offset) and every tile (matrix, ti, tj) of the lower triangle of
-its n x n Gram A A^T. Program t computes tile t with fp32 accumulation (``tl.dot``) over K and writes it
-and its mirror, so the launch does half the flops of a full GEMM and the output is the full symmetric
-Gram. Transposition (n = number of columns) is only a swap of strides: nothing is copied.
+its n x n Gram A A^T. Program t computes tile t with fp32 accumulation (``tl.dot``) over K and writes its
+lower-triangle part and the mirror of that, so the launch does half the flops of a full GEMM and the output is
+the full, exactly symmetric Gram. Transposition (n = number of columns) is only a swap of strides: nothing is copied.
 Matrices of different dtypes go in separate launches (one per dtype: the element type is compile time).
 
 TF32 (``precision="tf32"``, GPU only; the interpreter computes fp32) rounds both operands to a 10-bit
@@ -70,10 +70,13 @@ def _gram_tiles_kernel(
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc += tl.dot(a, b, input_precision=PRECISION)
+    # Only the lower triangle (i >= j) of the computed values is written, and mirrored to (j, i): a diagonal tile's
+    # (i, j) and (j, i) dot products may round differently (another summation order), so the Gram comes out
+    # exactly symmetric by construction, on any machine. Off-diagonal tiles (ti > tj) lie wholly below.
     o = out_ptr + out_off
-    tl.store(o + ri[:, None] * n + rj[None, :], acc, mask=mi[:, None] & mj[None, :])
-    if ti != tj:  # mirror: element (i, j) of the tile goes to (j, i)
-        tl.store(o + rj[None, :] * n + ri[:, None], acc, mask=mi[:, None] & mj[None, :])
+    inside = mi[:, None] & mj[None, :]
+    tl.store(o + ri[:, None] * n + rj[None, :], acc, mask=inside & (ri[:, None] >= rj[None, :]))
+    tl.store(o + rj[None, :] * n + ri[:, None], acc, mask=inside & (ri[:, None] > rj[None, :]))
 
 
 def _operand(w: torch.Tensor) -> tuple[int, int, int, int]:

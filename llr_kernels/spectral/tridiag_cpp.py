@@ -60,6 +60,15 @@ def eigvalsh_batched_cuda_reason(mod=None) -> str | None:
     return mod.eigvalsh_batched_cuda_unavailable() or None
 
 
+SYEV_BATCHED_MAX_ELEMENTS = 2**31 - 1  # cusolverDnXsyevBatched: n * lda * batch must fit in an int32
+
+
+def syev_batched_max_batch(n: int) -> int:
+    """Most n x n matrices one cusolverDnXsyevBatched call takes (n * n * batch < 2^31; 127 at n = 4096). A larger
+    batch made the solver return wrong eigenvalues for every matrix, silently (seen on an H200 at n = 4096)."""
+    return max(1, SYEV_BATCHED_MAX_ELEMENTS // max(1, n * n))
+
+
 def eigvalsh_cpp(grams: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B, n) ascending eigenvalues of the lower triangles of (B, n, n) matrices in ``dtype``: on CPU one matrix per
     thread; on CUDA one ``cusolverDnXsyevBatched`` call for the whole batch (cuSOLVER >= 11.7), else (older
@@ -68,7 +77,11 @@ def eigvalsh_cpp(grams: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         mod = _module(grams.device)
         if eigvalsh_batched_cuda_reason(mod) is None and dtype in (torch.float32, torch.float64):
             try:
-                return mod.eigvalsh_batched_cuda(grams, dtype)
+                per = syev_batched_max_batch(grams.shape[-1])
+                if grams.shape[0] <= per:
+                    return mod.eigvalsh_batched_cuda(grams, dtype)
+                return torch.cat([mod.eigvalsh_batched_cuda(grams[b0 : b0 + per], dtype)
+                                  for b0 in range(0, grams.shape[0], per)])
             except RuntimeError:  # solver status error: the per-matrix path below still answers
                 pass
         from .gram_torch import eigvalsh_batch_torch
