@@ -79,6 +79,23 @@ def test_exact_mode_matches_numpy(variant, backend):
     np.testing.assert_allclose(r.alpha.numpy(), ref, rtol=tol)
 
 
+def test_exact_without_trusted_fp32_eigvalsh_starts_at_tier_2(monkeypatch, seed):
+    """Where float32 eigvalsh is not trusted (CUDA: cuSOLVER broke the LAPACK-calibrated bound on an H200), every
+    float32 matrix takes float64 eigenvalues of its float32 Gram (or float64 throughout), still within 1e-5 of
+    float64 Eq. 2; a non-finite matrix still reads non_finite. Checked on CPU with the device test patched."""
+    import llr_kernels.spectral.fast as fast
+
+    monkeypatch.setattr(fast, "fp32_eigvalsh_trusted", lambda device: False)
+    rng = np.random.default_rng(seed)
+    ws = [make(k, 60 + 7 * i, 90 + 11 * i, rng, t).astype(np.float32) for i, (k, t) in enumerate(KINDS)]
+    mats = [torch.from_numpy(w) for w in ws] + [torch.full((60, 90), float("nan"))]
+    rep: dict = {}
+    r = hill_alpha_fast(mats, method="exact", report=rep)
+    assert r.status == ["ok"] * len(ws) + ["non_finite"]
+    np.testing.assert_allclose(r.alpha.numpy()[:-1], [np_alpha(w.astype(np.float64)) for w in ws], rtol=1e-5)
+    assert sorted(rep["fp64_eig"] + rep["fp64_rerun"]) == list(range(len(ws)))  # nothing settled in float32
+
+
 def test_exact_through_hill_alpha_auto_on_cpu():
     rng = np.random.default_rng(5)
     ws = [make("powerlaw", 80, 120, rng, 3.0) for _ in range(3)]

@@ -293,3 +293,17 @@ def test_bf16_input_tf32_gram_moves_alpha_by_at_most_2e4(shape):
     a32 = hill_np(np.sort(np.linalg.eigvalsh(g32.double().numpy())))
     a64 = hill_np(esd_np(w))
     assert abs(a32 - a64) <= 2e-4, (seed, a32, a64)
+
+
+def test_slq_gram_takes_tf32_by_default_only_where_its_products_are_exact():
+    """TF32 rounds operands to 10 mantissa bits: exact for bf16/fp16 weights, lossy for float32 ones (on an H200 it
+    moved a heavy-tailed float32 4096 x 4096 matrix's alpha from 1.74 to 2.09). Only CUDA has TF32."""
+    from llr_kernels.spectral.fast import gram_precision
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    bf16, fp16, fp32 = (torch.zeros(2, 2, dtype=d) for d in (torch.bfloat16, torch.float16, torch.float32))
+    assert gram_precision(None, [bf16, fp16], cuda) == "tf32"
+    assert gram_precision(None, [bf16, fp32], cuda) == "ieee"  # one float32 matrix in the chunk
+    assert gram_precision(None, [bf16], cpu) == "ieee"
+    assert gram_precision(True, [fp32], cuda) == "tf32" and gram_precision(True, [fp32], cpu) == "ieee"
+    assert gram_precision(False, [bf16], cuda) == "ieee"

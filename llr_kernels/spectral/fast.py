@@ -307,7 +307,9 @@ def hill_alpha_fast(
         (module docstring); for lanczos: float64 on CPU, float32 on GPU (the Triton Gram is fp32-accumulated).
     rank_deficient, alpha_max: as ``hill.hill_alpha``.
     probes, steps, groups, seed: SLQ budget (probes must be a multiple of groups), reproducible probes.
-    tf32: TF32 Gram formation on GPU; default True for lanczos, False for exact.
+    tf32: TF32 Gram formation for lanczos on GPU: True, False, or None (default) = only for bf16/fp16 matrices,
+        whose TF32 products are exact (``gram_precision``; on an H200 a TF32 Gram of a heavy-tailed float32
+        4096 x 4096 matrix moved its alpha from 1.74 to 2.09). Exact never uses TF32.
     memory_budget: bytes of extra memory one chunk may use; default ``default_budget``.
     report: if a dict is given it receives "stderr" (jackknife std. error, 0 for exact), "method" (per
         matrix), "chunks", "peak_extra_bytes_est", on CUDA "peak_extra_bytes" (measured), "fp64_eig" (indices
@@ -430,15 +432,12 @@ def _chunked(idx: list[int], per: int, budget: int, stats: dict) -> Iterator[lis
         yield chunk
 
 
-def _exact_eigs(mats: list[torch.Tensor], n: int, cdt: torch.dtype, backend: str, device: torch.device,
-                keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(B, n) ascending Gram eigenvalues computed in ``cdt`` (NaN row: inf/NaN input; zero row: zero input), and
-    the Grams when ``keep``."""
+def _exact_grams(mats: list[torch.Tensor], n: int, cdt: torch.dtype, backend: str,
+                 device: torch.device) -> tuple[torch.Tensor, list]:
+    """(B, n, n) Grams in ``cdt`` (true fp32 products, never TF32; a zero Gram for a zero matrix), and the
+    prescale exponents (``STATUS_NON_FINITE`` for inf/NaN input)."""
     gbackend, gram_fn = _op("gram", backend, device)
-    if device.type == "cpu" and gbackend != "triton":
-        _, fn = _op("gram_eigvalsh", backend, device)
-        return fn(mats, cdt, keep)
-    exps = prescale(mats)  # GPU (or the Triton interpreter): one grouped Gram launch, then batched eigvalsh
+    exps = prescale(mats)  # one grouped Gram launch for all
     good = [i for i, e in enumerate(exps) if isinstance(e, int)]
     xs = [scaled(mats[i], exps[i], cdt) if i in good else mats[i].new_zeros(mats[i].shape, dtype=cdt)
           for i in range(len(mats))]
@@ -448,7 +447,18 @@ def _exact_eigs(mats: list[torch.Tensor], n: int, cdt: torch.dtype, backend: str
         from .gram_torch import gram_batch_torch
 
         flat, _ = gram_batch_torch(xs, dtype=cdt, precision="ieee")
-    g = flat.view(len(mats), n, n)
+    return flat.view(len(mats), n, n), exps
+
+
+def _exact_eigs(mats: list[torch.Tensor], n: int, cdt: torch.dtype, backend: str, device: torch.device,
+                keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, n) ascending Gram eigenvalues computed in ``cdt`` (NaN row: inf/NaN input; zero row: zero input), and
+    the Grams when ``keep``."""
+    gbackend, _ = _op("gram", backend, device)
+    if device.type == "cpu" and gbackend != "triton":
+        _, fn = _op("gram_eigvalsh", backend, device)
+        return fn(mats, cdt, keep)
+    g, exps = _exact_grams(mats, n, cdt, backend, device)  # GPU (or the Triton interpreter): batched eigvalsh
     _, eig_fn = _op("eigvalsh", backend, device)
     with _no_tf32():
         e = eig_fn(g, cdt)
@@ -473,15 +483,37 @@ def _run_exact(mats, idx, n, device, dtype, backend, budget, opts, alpha, status
                 stats)
 
 
+def fp32_eigvalsh_trusted(device: torch.device) -> bool:
+    """Whether tier 1 (float32 eigvalsh checked with FP32_ERR_C) may settle matrices on ``device``: LAPACK's yes
+    (the constant was measured there), cuSOLVER's no (see ``_exact_pass``)."""
+    return device.type != "cuda"
+
+
 def _exact_pass(mats, todo, n, device, cdt, err_c, backend, budget, opts, alpha, status, stats) -> list[int]:
-    """One pass over ``todo``; with err_c (float32) returns the indices its checks could not settle."""
+    """One pass over ``todo``; with err_c (float32) returns the indices its checks could not settle.
+
+    On CUDA the checked float32 pass starts at tier 2: FP32_ERR_C was calibrated on LAPACK's float32 eigvalsh, and
+    cuSOLVER's float32 eigenvalues broke it on an H200 (LLaMA-1B shapes: |d alpha| up to 3.7e-4 where the bound
+    promised 1e-5; a heavy-tailed 4096 x 4096 matrix: 2.08 for 1.74). The float32 Gram is kept (its rounding
+    does not depend on the solver); its eigenvalues come from float64 eigvalsh, checked with GRAM32_ERR_C."""
     if not todo:
         return []
     per = bytes_per_matrix(n, "exact", 0, 0, 0, torch.finfo(cdt).bits // 8)
     left: list[int] = []
+    skip_tier1 = err_c is not None and not fp32_eigvalsh_trusted(device)
     for chunk in _chunked(todo, per, budget, stats):
-        e, g = _exact_eigs([mats[i] for i in chunk], n, cdt, backend, device, keep=err_c is not None)
-        rest = _decide_exact(chunk, e, n, cdt, err_c, mats, backend, device, opts, alpha, status)
+        if skip_tier1:
+            e = None
+            g, exps = _exact_grams([mats[i] for i in chunk], n, cdt, backend, device)
+            rest = []
+            for i, x in zip(chunk, exps):
+                if x == STATUS_NON_FINITE:
+                    status[i], alpha[i] = STATUS_NON_FINITE, float("nan")
+                else:
+                    rest.append(i)
+        else:
+            e, g = _exact_eigs([mats[i] for i in chunk], n, cdt, backend, device, keep=err_c is not None)
+            rest = _decide_exact(chunk, e, n, cdt, err_c, mats, backend, device, opts, alpha, status)
         if rest:  # tier 2: float64 eigenvalues of the float32 Grams
             rows = [chunk.index(i) for i in rest]
             _, eig_fn = _op("eigvalsh", backend, device)
@@ -558,6 +590,21 @@ class _NodeRow(NamedTuple):
                              lmax=torch.maximum(self.lmax, more.lmax), half_nodes=half[0], half_weights=half[1])
 
 
+TF32_EXACT_DTYPES = (torch.bfloat16, torch.float16)  # at most 10 mantissa bits: TF32 products of them are exact
+
+
+def gram_precision(tf32: bool | None, mats: list[torch.Tensor], device: torch.device) -> str:
+    """The SLQ Gram's matmul precision: "tf32" on CUDA when asked (tf32=True), or by default (None) when every
+    matrix is bf16/fp16 (their values are TF32 values, so the products are exact and only the float32 accumulation
+    rounds); else "ieee". A TF32 Gram of float32 weights moved the alpha of a heavy-tailed 4096 x 4096 matrix from
+    1.74 to 2.09 on an H200."""
+    if device.type != "cuda" or tf32 is False:
+        return "ieee"
+    if tf32:
+        return "tf32"
+    return "tf32" if all(m.dtype in TF32_EXACT_DTYPES for m in mats) else "ieee"
+
+
 def _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, probes, steps, groups, seed, tf32, gen_cache,
                  node_rows, status, stats, half: bool = False) -> None:
     """SLQ Gauss nodes of one (n, device) group, collected for the one final Hill reduction; with ``half`` also
@@ -567,9 +614,8 @@ def _run_lanczos(mats, exps, idx, n, device, dtype, backend, budget, probes, ste
     if gbackend == "triton":
         cdt = torch.float32
     per = bytes_per_matrix(n, "lanczos", probes, steps, groups, torch.finfo(cdt).bits // 8)
-    use_tf32 = True if tf32 is None else tf32
-    prec = "tf32" if (use_tf32 and device.type == "cuda") else "ieee"
     for chunk in _chunked(idx, per, budget, stats):
+        prec = gram_precision(tf32, [mats[i] for i in chunk], device)
         xs = [scaled(mats[i], exps[i], cdt) for i in chunk]
         if gbackend == "torch":
             flat, _ = gram_fn(xs, dtype=cdt, precision=prec)

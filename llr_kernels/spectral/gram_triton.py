@@ -8,9 +8,9 @@ the full, exactly symmetric Gram. Transposition (n = number of columns) is only 
 Matrices of different dtypes go in separate launches (one per dtype: the element type is compile time).
 
 TF32 (``precision="tf32"``, GPU only; the interpreter computes fp32) rounds both operands to a 10-bit
-mantissa. Emulated on CPU + float64 Hill (benchmarks/spectral_overhead.py
-``--tf32-study``; ``gram_torch.tf32_round``): the alpha change is reported there (measured ~1e-4 relative, far below the Lanczos
-estimator's ~1% noise), so the fast path uses TF32 on GPU by default and the exact path does not.
+mantissa: exact for bf16/fp16 inputs, not for float32 ones (emulated on CPU: ``gram_torch.tf32_round``; on an
+H200 a TF32 Gram moved a heavy-tailed float32 4096 x 4096 matrix's alpha from 1.74 to 2.09). SLQ uses it by
+default for bf16/fp16 matrices only (``fast.gram_precision``); the exact path never does.
 """
 from __future__ import annotations
 
