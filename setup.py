@@ -2,7 +2,7 @@
 
 The C++/CUDA sources are package data (llr_kernels/csrc/): every wheel and sdist carries them, and by default
 nothing is compiled (a pure ``py3-none-any`` wheel): the extension is built just in time on first use
-(llr_kernels/_ext.py) and cached, so a CPU-only machine or a machine without a compiler installs cleanly. To
+(llr_kernels/ops/extension.py) and cached, so a CPU-only machine or a machine without a compiler installs cleanly. To
 compile it ahead of time into ``llr_kernels._C`` (every csrc/*.cpp, plus csrc/*.cu when torch has CUDA and nvcc
 is found), against the torch installed in this environment:
 
@@ -12,7 +12,7 @@ is found), against the torch installed in this environment:
 (--no-build-isolation: build against YOUR torch; such a wheel only fits that torch version and CUDA flavour,
 as apex and flash-attn wheels do.) LLR_BUILD_CUDA=0 skips the .cu sources; TORCH_CUDA_ARCH_LIST picks the GPU
 architectures (e.g. "9.0"); MAX_JOBS limits parallel compiles. The module records the digest of the sources it
-was built from; if csrc/ changes afterwards, llr_kernels/_ext.py warns and uses a JIT build instead of the stale
+was built from; if csrc/ changes afterwards, llr_kernels/ops/extension.py warns and uses a JIT build instead of the stale
 module (rerun the command above to refresh it).
 """
 import importlib.util
@@ -27,8 +27,8 @@ if os.environ.get("LLR_BUILD_EXT", "0") == "1":
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-    # the flags are shared with the JIT build; load _ext.py alone (importing the package would need triton etc.)
-    spec = importlib.util.spec_from_file_location("_llr_ext", os.path.join(ROOT, "llr_kernels", "_ext.py"))
+    # the flags are shared with the JIT build; load ops/extension.py alone (importing the package needs triton etc.)
+    spec = importlib.util.spec_from_file_location("_llr_ext", os.path.join(ROOT, "llr_kernels", "ops", "extension.py"))
     _ext = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(_ext)
 

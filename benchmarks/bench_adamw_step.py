@@ -119,7 +119,7 @@ def check_step(before, params, ms, vs, lrs: list[float], wds: list[float], steps
 
 # ----- methods: each returns (step function, keep-alive objects, correctness records) ---------------------
 def method_ours(ps: ParamSet, backend: str):
-    from llr_kernels.dispatch import get_op
+    from llr_kernels.ops.dispatch import get_op
 
     _, op = get_op("adamw_step", backend, ps.device)
     m = [torch.zeros_like(p, dtype=ps.state_dtype) for p in ps.params]
@@ -185,7 +185,7 @@ def methods_for(backends: list[str]) -> list[tuple[str, Callable]]:
 
 
 def available_backends(device: torch.device, wanted: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    from llr_kernels.dispatch import triton_interpreted, unavailable_reason
+    from llr_kernels.ops.dispatch import triton_interpreted, unavailable_reason
 
     if wanted:
         cands = wanted

@@ -155,7 +155,7 @@ def bench_size(size: str, args, device: torch.device, budget: C.Budget) -> dict:
         return res
 
     # Newton-Schulz alone: one batch per shape bucket, as LLRMuon does
-    from llr_kernels.dispatch import get_op
+    from llr_kernels.ops.dispatch import get_op
 
     _, ns = get_op("newton_schulz", "auto", device)
     buckets: dict[tuple, list[torch.Tensor]] = {}

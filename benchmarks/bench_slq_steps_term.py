@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the steps term of SLQ's target_error bound costs: one SLQ round with and without it, side by side.
 
-The steps term (spectral/fast.py) reads alpha a second time from the leading half of every Lanczos tridiagonal:
+The steps term (spectral/target.py) reads alpha a second time from the leading half of every Lanczos tridiagonal:
 one more small tridiagonal eigendecomposition and one more Hill reduction per round, no extra matvec. Timed:
 ``hill_alpha_fast(method="lanczos")`` on LLaMA-MLP-shaped matrices (n x ceil(8n/3)) with ``target_error=None``
 (the fixed budget, no steps term) against ``target_error=1e6`` (the same round plus the steps term; every matrix
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import _common as C
-from llr_kernels.spectral.fast import hill_alpha_fast
+from llr_kernels.spectral.batched import hill_alpha_fast
 
 
 def main() -> int:

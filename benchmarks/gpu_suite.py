@@ -4,7 +4,7 @@ with its own time budget, into one results folder of at most 8 files. Run it thr
 On a machine with one H100/H200 and its preinstalled python3 (nothing to install), in at most 9 minutes:
 
   phase 1, concurrent lanes (nothing in it is timed against the GPU):
-    build     llr_kernels._ext.load_extension(): JIT build of llr_kernels/csrc/ (nvcc), build time and errors
+    build     llr_kernels.ops.extension.load_extension(): JIT build of llr_kernels/csrc/ (nvcc), build time and errors
     machine   CPU, GPU, driver, CUDA, torch, triton, python (no host name)
     train     python/train.py --preset gpu-20m --data sample --steps 200 (uniform vs llr, one LR), without the
               extension (LLR_DISABLE_EXT=1) so that it never waits for the build
@@ -315,7 +315,7 @@ def build_part() -> int:
     t = time.perf_counter()
     import torch
 
-    from llr_kernels import _ext
+    from llr_kernels.ops import extension as _ext
 
     mod = _ext.load_extension()
     secs = time.perf_counter() - t

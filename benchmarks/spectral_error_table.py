@@ -15,10 +15,10 @@ rank-deficient rows the library's float64 exact path, the rank-aware rule).
 Per (family, n): max and RMS |d alpha| of the fixed budget (``--probes`` x ``--steps``, default 32 x 128) and of
 ``target_error=--target`` (default 0.02), whose first round is the fixed budget (``report["alpha_fixed"]``),
 so one call gives both columns. The adaptive mode decides with ``--cost-model`` (default "cuda": the H200
-constants of ``fast.COSTS``, replaying on CPU what a GPU would decide; "device": this device's own constants,
+constants of ``cost.COSTS``, replaying on CPU what a GPU would decide; "device": this device's own constants,
 which on CPU hand every matrix that misses the target to exact at once). Also: how many matrices met the target,
 how many went to exact, the mean final probe count, the largest |d alpha| among matrices reported as meeting
-the target, and C = RMS |d alpha| sqrt(n probes) / (alpha - 1)^2 of the fixed budget (``fast.SLQ_ERR_C``).
+the target, and C = RMS |d alpha| sqrt(n probes) / (alpha - 1)^2 of the fixed budget (``cost.SLQ_ERR_C``).
 
 Errors do not depend on load; the timings printed are indicative only (and not written as results).
 Usage: python benchmarks/spectral_error_table.py [--sizes 256,1024,2048] [--per-size 256:4,1024:2,2048:1]
@@ -36,7 +36,8 @@ import torch
 
 import _common as C
 from llr_kernels.spectral import hill_alpha
-from llr_kernels.spectral.fast import COSTS, SLQ_BIAS_C, SLQ_ERR_C, TARGET_Z, hill_alpha_fast
+from llr_kernels.spectral.batched import hill_alpha_fast
+from llr_kernels.spectral.cost import COSTS, SLQ_BIAS_C, SLQ_ERR_C, TARGET_Z
 
 FAMILIES = ("gaussian", "student_t2", "student_t3", "student_t4", "pareto_entries2.5", "pareto_esd3", "spiked",
             "rankdef_0.75", "rankdef_0.4")

@@ -7,7 +7,7 @@ the 32000 x h embedding, through:
                 at a time, then Eq. 2 from the squared singular values (fp32, on the device);
   exact         ``llr_kernels.hill_alpha(method="exact")``;
   lanczos       ``hill_alpha(method="lanczos")`` (SLQ; --probes x --steps; with --target-error, adaptive);
-  auto          ``hill_alpha(method="auto")``, what the optimizers call (cost model: spectral/fast.py).
+  auto          ``hill_alpha(method="auto")``, what the optimizers call (cost model: spectral/cost.py).
 
 Each method's alphas are compared with float64 Eq. 2 (float64 Gram eigenvalues, written out in
 ``_common.eq2_alpha_float64``): max |d alpha|, RMS and max relative error. Before timing, every method is run

@@ -13,7 +13,9 @@ import sys
 
 import torch
 
-from . import __version__, _ext, dispatch
+from . import __version__
+from .ops import dispatch
+from .ops import extension as _ext
 
 EXT_STATES = {
     "loaded": "loaded",
@@ -47,7 +49,7 @@ def backend_table(device: torch.device) -> dict[str, dict[str, str]]:
 
 
 def extension_lines() -> list[str]:
-    """The C++ extension's state (``llr_kernels._ext.status``), without building or loading it."""
+    """The C++ extension's state (``llr_kernels.ops.extension.status``), without building or loading it."""
     st = _ext.status()
     return [f"C++ extension: {EXT_STATES.get(st['state'], st['state'])} ({st['detail']})",
             f"  sources: {st['sources']}; JIT cache: {st['cache_dir']} (LLR_KERNELS_CACHE)"]

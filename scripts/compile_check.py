@@ -2,7 +2,7 @@
 """Ahead-of-time GPU compile check, no GPU or driver needed: every Triton kernel and every CUDA source.
 
 1. Discovers every ``@triton.jit`` function in the ``llr_kernels`` package and fails if one is neither the
-   kernel of a launch variant nor listed in its module's ``JIT_HELPERS`` (see llr_kernels/kernel_variants.py).
+   kernel of a launch variant nor listed in its module's ``JIT_HELPERS`` (see llr_kernels/ops/variants.py).
 2. Compiles every variant from the modules' ``launch_variants()`` (the wrappers' own tables) for sm_90 and
    sm_80 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` and prints registers,
    spills and shared memory (from the ptxas log Triton produces; fall-backs: ptxas -v on the PTX, then
@@ -281,10 +281,10 @@ def _version_key(path: str) -> tuple:
 
 def nvcc_command_template(cuda_home: str, arch: int, tmp: str) -> tuple[list[str], list[str]]:
     """(flags before `-c src -o obj`, flags after) exactly as torch.utils.cpp_extension's ninja build would
-    pass them for this extension (llr_kernels/_ext.py build_flags(True)), for one sm_<arch>."""
+    pass them for this extension (llr_kernels/ops/extension.py build_flags(True)), for one sm_<arch>."""
     import torch.utils.cpp_extension as ce
 
-    from llr_kernels import _ext
+    from llr_kernels.ops import extension as _ext
 
     flags = _ext.build_flags(True)
     old_home, old_arch = ce.CUDA_HOME, os.environ.get("TORCH_CUDA_ARCH_LIST")
@@ -422,7 +422,7 @@ def _finish_nvcc(jobs: list[dict], cache: str | None) -> list[str]:
 
 def _compact_labels(variants: list[Any]) -> dict[int, str]:
     """Per kernel, only the constexprs that differ between its variants (the rest are printed once)."""
-    from llr_kernels.kernel_variants import _short
+    from llr_kernels.ops.variants import _short
 
     by_kernel: dict[str, list[int]] = {}
     for i, v in enumerate(variants):

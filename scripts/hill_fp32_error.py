@@ -1,5 +1,5 @@
 """Measure the error of float32 exact alphas against float64 Eq. 2, the data behind the error-bound constants of
-llr_kernels/spectral/fast.py (FP32_ERR_C, GRAM32_ERR_C).
+llr_kernels/spectral/exact.py (FP32_ERR_C, GRAM32_ERR_C).
 
 For random matrices with known spectra (Marchenko-Pastur, power-law, log-normal, trained-like: a bulk with a
 power-law tail and a few large spikes, flat with spikes) at LLaMA-60M hidden shapes (or --small shapes), stored in
@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from llr_kernels.spectral import hill_alpha  # noqa: E402
-from llr_kernels.spectral.fast import FP32_ERR_C, GRAM32_ERR_C  # noqa: E402
-from llr_kernels.spectral.gram_torch import eigvalsh_batch_torch, gram_eigvalsh_torch  # noqa: E402
+from llr_kernels.spectral.exact import FP32_ERR_C, GRAM32_ERR_C  # noqa: E402
+from llr_kernels.ops.eig.naive import eigvalsh_batch_torch, gram_eigvalsh_torch  # noqa: E402
 
 U32 = 2.0**-24
 LLAMA60M = [(768, 768), (768, 2048), (2048, 768)]
@@ -113,7 +113,7 @@ def main() -> None:
         e1, e2, q = (np.array([r[i] for r in sel]) for i in (3, 4, 5))
         print(f"| {kind} | {len(sel)} | {a.min():.2f}-{a.max():.1f} | {e1.max():.1e} | {(e1 / q).max():.2f} | "
               f"{np.median(e1 / q):.2f} | {e2.max():.1e} | {(e2 / q).max():.2f} |")
-    print(f"\nconstants in fast.py: FP32_ERR_C = {FP32_ERR_C}, GRAM32_ERR_C = {GRAM32_ERR_C}")
+    print(f"\nconstants in spectral/exact.py: FP32_ERR_C = {FP32_ERR_C}, GRAM32_ERR_C = {GRAM32_ERR_C}")
     print(f"hill_alpha(method='auto') max relative error against float64 Eq. 2: {auto_err:.2e} (must be <= 1e-5)")
 
 

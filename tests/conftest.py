@@ -68,14 +68,14 @@ def torch_muon_missing() -> str | None:
 
 
 def triton_missing() -> str | None:
-    from llr_kernels.dispatch import triton_importable
+    from llr_kernels.ops.dispatch import triton_importable
 
     return None if triton_importable() else "triton is not installed"
 
 
 def triton_launch_missing() -> str | None:
     """Why Triton kernels cannot be launched here (not installed; no CUDA and TRITON_INTERPRET is not 1), or None."""
-    from llr_kernels.dispatch import triton_interpreted
+    from llr_kernels.ops.dispatch import triton_interpreted
 
     missing = triton_missing()
     if missing is None and not (torch.cuda.is_available() or triton_interpreted()):
@@ -84,7 +84,7 @@ def triton_launch_missing() -> str | None:
 
 
 def backend_missing(backend: str, device: torch.device) -> str | None:
-    from llr_kernels import dispatch
+    from llr_kernels.ops import dispatch
 
     return dispatch.unavailable_reason(backend, device)
 

@@ -288,7 +288,7 @@ def hill_llr_np(eigs: np.ndarray, min_eigs: int = 50, rel_zero: float = 1e-8, al
     """The alpha LLR feeds to Eq. 3, from ascending eigenvalues (issue 12's rules, written independently).
 
     Eq. 2 (paper variant); when the threshold l_{n-k} is zero (eigenvalues at most ``rel_zero`` x l_max count
-    as zero: the documented floor of llr_kernels.spectral.hill, which exact and Lanczos share), Eq. 2 on the r
+    as zero: the documented floor of llr_kernels.spectral.rules, which exact and Lanczos share), Eq. 2 on the r
     nonzero eigenvalues with k = floor(r/2), NaN if r < min_eigs; NaN above
     ``alpha_max`` (flat or near-flat spectra, not tail estimates). Meant for spectra with a clear gap between
     zero and nonzero eigenvalues (low-rank gradients), not for rank decisions near the floor.

@@ -24,7 +24,7 @@ TOL = {torch.float32: 4 * 2.0**-23, torch.bfloat16: 2.0**-8, torch.float16: 2.0*
 
 def _extension():
     require(backend_missing("cpp", CPU), "backend 'cpp'")
-    from llr_kernels import _ext
+    from llr_kernels.ops import extension as _ext
 
     return _ext.load_extension()
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import needs, requires, triton_missing
-from llr_kernels.dispatch import triton_interpreted
+from llr_kernels.ops.dispatch import triton_interpreted
 
 pytestmark = requires(triton_missing(), "triton")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,10 +95,10 @@ def _triton_type(x) -> str:
 
 @can_launch
 def test_wrappers_launch_only_listed_variants(inv, monkeypatch):
-    from llr_kernels.ops.adamw_triton import adamw_step_triton
-    from llr_kernels.ops.muon_triton import muon_apply_triton, muon_momentum_triton
-    from llr_kernels.spectral.gram_triton import gram_batch_triton
-    from llr_kernels.spectral.hill_triton import hill_eigs_triton, hill_nodes_triton
+    from llr_kernels.ops.adamw.triton import adamw_step_triton
+    from llr_kernels.ops.muon.triton import muon_apply_triton, muon_momentum_triton
+    from llr_kernels.ops.gram.triton import gram_batch_triton
+    from llr_kernels.ops.hill.triton import hill_eigs_triton, hill_nodes_triton
 
     launches = []
     for kernel in {id(v.kernel): v.kernel for _, v in inv.variants}.values():

@@ -1,6 +1,6 @@
 """backend="auto" picks what the dispatch table promises, and an explicit backend that cannot run says why.
 
-The promise (llr_kernels/dispatch.py): on CPU the C++ op where one exists (measured faster than the pure-torch
+The promise (llr_kernels/ops/dispatch.py): on CPU the C++ op where one exists (measured faster than the pure-torch
 path, benchmarks/), else torch, and never the Triton interpreter; on CUDA Triton, then the CUDA extension, then
 torch. Resolution only inspects what is installed and built, so the CUDA rules are checked without a GPU.
 """
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import backend_missing, require, triton_missing
-from llr_kernels import _ext, dispatch
+from llr_kernels.ops import dispatch
+from llr_kernels.ops import extension as _ext
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")

@@ -25,7 +25,7 @@ MUON_KW = dict(lr=0.02, adamw_lr=3e-3, weight_decay=0.1, s=2.0, interval=2, tota
                max_grad_norm=1.0, ns_dtype=torch.float32, backend="torch", policy="llr+alphadecay")
 # which optimizers each mode runs
 OPTIMIZERS = {"ddp": ("LLRAdamW", "LLRMuon"), "ddp-split": ("LLRAdamW", "LLRMuon"), "fsdp2": ("LLRAdamW", "LLRMuon")}
-# how each mode splits the LLR update across ranks (llr_kernels.optim.spectral_ranks): "ddp" builds the optimizer on
+# how each mode splits the LLR update across ranks (llr_kernels.optim.spectral_split): "ddp" builds the optimizer on
 # the inner model (no split: every rank measures every layer), "ddp-split" on the DDP model (its group splits the
 # work), "fsdp2" splits over the mesh and gathers each matrix onto its owner only
 SPLIT = {"ddp": None, "ddp-split": "replicated", "fsdp2": "dtensor"}
@@ -240,7 +240,7 @@ def test_owner_assignment_is_balanced_and_deterministic():
     import itertools
     import random
 
-    from llr_kernels.optim.spectral_ranks import assign_owners, measure_cost
+    from llr_kernels.optim.spectral_split import assign_owners, measure_cost
 
     # the cost model, written out: m n^2 + 4/3 n^3 for the short side n and the long side m (>2-D: rows x rest)
     assert measure_cost((768, 2048)) == 2048 * 768**2 + 4 / 3 * 768**3

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import needs, triton_launch_missing
-from llr_kernels.spectral.gram_torch import gram_batch_torch, tf32_round
+from llr_kernels.ops.gram.naive import gram_batch_torch, tf32_round
 
 needs_triton = needs(triton_launch_missing(), "Triton launches")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -35,7 +35,7 @@ def mixed_mats(seed: int, dtype: torch.dtype) -> list[torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_gram_triton_matches_float64(dtype, seed):
-    from llr_kernels.spectral.gram_triton import gram_batch_triton
+    from llr_kernels.ops.gram.triton import gram_batch_triton
 
     mats = mixed_mats(seed, dtype)
     flat, views = gram_batch_triton(mats)
@@ -51,7 +51,7 @@ def test_gram_triton_matches_float64(dtype, seed):
 
 @needs_triton
 def test_gram_triton_single_launch_mixed_sizes_same_buffer():
-    from llr_kernels.spectral.gram_triton import gram_batch_triton
+    from llr_kernels.ops.gram.triton import gram_batch_triton
 
     mats = [torch.randn(50 + 17 * i, 200, device=DEV) for i in range(6)]
     flat, views = gram_batch_triton(mats, block=32, block_k=16)
@@ -64,7 +64,7 @@ def test_gram_triton_single_launch_mixed_sizes_same_buffer():
 
 @needs_triton
 def test_gram_triton_rejects_bad_input():
-    from llr_kernels.spectral.gram_triton import gram_batch_triton
+    from llr_kernels.ops.gram.triton import gram_batch_triton
 
     with pytest.raises(ValueError, match="2-D"):
         gram_batch_triton([torch.randn(2, 3, 4, device=DEV)])

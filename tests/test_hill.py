@@ -1,5 +1,5 @@
 """hill_alpha (exact) against an independent float64 numpy computation of paper Eq. 2, and the documented rules
-for spectra without a tail (llr_kernels/spectral/hill.py module docstring) checked from numpy float64 spectra."""
+for spectra without a tail (llr_kernels/spectral/rules.py module docstring) checked from numpy float64 spectra."""
 import math
 
 import numpy as np

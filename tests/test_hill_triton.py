@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from conftest import needs, triton_launch_missing
-from llr_kernels.spectral.fast import hill_params
-from llr_kernels.spectral.lanczos import lanczos_torch, rademacher_probes, slq_hill_torch, tridiag_eig_torch
+from llr_kernels.spectral.rules import hill_params
+from llr_kernels.ops.eig.naive import tridiag_eig_torch
+from llr_kernels.ops.hill.naive import slq_hill_torch
+from llr_kernels.ops.lanczos.naive import lanczos_torch, rademacher_probes
 
 needs_triton = needs(triton_launch_missing(), "Triton launches")
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -38,7 +40,7 @@ def _nodes(seed: int, layers: int, n: int, probes: int, steps: int):
 @needs_triton
 @pytest.mark.parametrize("max_block", [32, 64])  # 168 cells: 6 and 3 pieces
 def test_streamed_pieces_match_float64_reference(max_block):
-    from llr_kernels.spectral.hill_triton import hill_nodes_triton
+    from llr_kernels.ops.hill.triton import hill_nodes_triton
 
     nodes, weights, n, q, floor = _nodes(11, layers=2, n=80, probes=8, steps=20)  # 8 x 21 = 168 cells
     ut_r, ls_r, af_r = slq_hill_torch(nodes, weights, n, q, floor, groups=2)
@@ -51,7 +53,7 @@ def test_streamed_pieces_match_float64_reference(max_block):
 
 @needs_triton
 def test_max_block_is_validated():
-    from llr_kernels.spectral.hill_triton import hill_nodes_triton
+    from llr_kernels.ops.hill.triton import hill_nodes_triton
 
     nodes, weights, n, q, floor = _nodes(12, layers=1, n=40, probes=4, steps=8)
     with pytest.raises(ValueError, match="max_block must be a power of two"):

@@ -1,4 +1,4 @@
-"""``python -m llr_kernels.info`` and ``_ext.status()``: which extension the "cpp" backend would use, and why not.
+"""``python -m llr_kernels.info`` and ``ops.extension.status()``: which extension the "cpp" backend would use, and why not.
 
 Each state is set up from the outside (environment, an empty or filled cache directory, a missing compiler) and
 the status must name it, without building or loading anything.
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-import llr_kernels._ext as ext
+import llr_kernels.ops.extension as ext
 from llr_kernels import info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

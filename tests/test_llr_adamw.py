@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("nan_fill")
 V = SpectralNet.VOCAB
 LR, WD = 1e-3, 0.1
 # The optimizers' default spectral path (hill_method="auto": exact on CPU) computes in float32 and guarantees
-# every alpha within 1e-5 relative of float64 Eq. 2 (llr_kernels/spectral/fast.py, EXACT_REL_TOL). Through
+# every alpha within 1e-5 relative of float64 Eq. 2 (llr_kernels/spectral/exact.py, EXACT_REL_TOL). Through
 # Eq. 3 (span of the alphas here >= 3, s <= 3) that moves a multiplier by at most ~1e-4; a wrong map, pin,
 # index or argument moves one by 0.1 or more.
 ALPHA_RTOL = 1e-5

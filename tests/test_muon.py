@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from conftest import CPU, DEV, backend_param, device_for, needs, torch_muon_missing, triton_missing
-from llr_kernels.dispatch import get_op, triton_interpreted
-from llr_kernels.ops.muon_torch import muon_apply_torch, muon_momentum_torch
-from llr_kernels.ops.newton_schulz import POLAR_EXPRESS, QUINTIC, newton_schulz, resolve_coefficients
+from llr_kernels.ops.dispatch import get_op, triton_interpreted
+from llr_kernels.ops.muon.naive import muon_apply_torch, muon_momentum_torch
+from llr_kernels.ops.muon.newton_schulz import POLAR_EXPRESS, QUINTIC, newton_schulz, resolve_coefficients
 from llr_kernels.optim.muon import LLRMuon, adjust_lr_ratio
 from reference import LLRScheduleF64, MuonF64, muon_lr_ratio, ns_f64, torch_muon_ns_f64
 from tiny_models import SpectralNet

@@ -16,7 +16,7 @@ from torch import nn
 from conftest import CPU, backend_missing, device_for, needs, requires, torch_muon_missing
 from llr_kernels import LLRAdamW, LLRMuon
 from llr_kernels.ops import custom_ops
-from llr_kernels.ops.adamw_torch import adamw_step_torch
+from llr_kernels.ops.adamw.naive import adamw_step_torch
 from reference import torch_muon_ns_f64
 
 FAST = [pytest.param(b, marks=requires(backend_missing(b, device_for(b)), f"backend {b!r}"), id=b) for b in ("cpp", "triton")]

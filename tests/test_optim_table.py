@@ -36,7 +36,7 @@ import pytest
 import torch
 from torch import nn
 
-import llr_kernels._ext as ext_module
+import llr_kernels.ops.extension as ext_module
 from conftest import backend_missing, backend_param, needs, requires, torch_muon_missing, triton_missing
 from llr_kernels import LLRAdamW, LLRMuon
 from reference import ns_f64, torch_muon_ns_f64
@@ -330,7 +330,7 @@ def test_llr_arguments_reach_the_policy(cls):
 @pytest.mark.parametrize("cls", [LLRAdamW, LLRMuon], ids=["adamw", "muon"])
 def test_spectral_arguments_reach_hill_alpha(cls, method, monkeypatch):
     """hill_method, hill_variant and min_eigs are what the spectral update is called with."""
-    import llr_kernels.optim.base as base
+    import llr_kernels.optim.spectral_update as base
 
     calls = []
     real = base.hill_alpha

@@ -20,7 +20,7 @@ from llr_kernels.policies import (
 )
 
 LR, WD = 1e-3, 0.1
-# Measured alphas are within EXACT_REL_TOL (1e-5) x alpha of float64 Eq. 2 (spectral/fast.py); a map's slope over
+# Measured alphas are within EXACT_REL_TOL (1e-5) x alpha of float64 Eq. 2 (spectral/exact.py); a map's slope over
 # the alphas' range (span ~1-3) magnifies that at most ~20x in a multiplier.
 MAP_RTOL = 2e-4
 

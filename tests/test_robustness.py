@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from llr_kernels import LLRAdamW, LLRMuon, dispatch
+from llr_kernels import LLRAdamW, LLRMuon
+from llr_kernels.ops import dispatch
 from llr_kernels.policies.llr import LLRConfig, LLRPolicy, robust_outliers
 from conftest import device_for, requires
 from reference import eq3, esd_np, hill_llr_np, robust_outliers_np

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def batched_reason():
-    from llr_kernels.spectral.tridiag_cpp import eigvalsh_batched_cuda_reason
+    from llr_kernels.ops.eig.cpp import eigvalsh_batched_cuda_reason
 
     return eigvalsh_batched_cuda_reason()
 
@@ -28,7 +28,7 @@ def test_batched_cusolver_eigvalsh_matches_numpy(n, dtype):
     why = batched_reason()
     if why is not None:
         pytest.skip(f"batched cuSOLVER op unavailable: {why}")
-    from llr_kernels import _ext
+    from llr_kernels.ops import extension as _ext
 
     mod = _ext.load_extension()
     g = grams(5, n, seed=n)
@@ -48,7 +48,7 @@ def test_cuda_exact_alphas_through_dispatch_match_float64():
     else torch's per-matrix loop) gives float64 Eq. 2 within 1e-5."""
     from reference import alpha_np, power_law_matrix
 
-    from llr_kernels.spectral.fast import hill_alpha_fast
+    from llr_kernels.spectral.batched import hill_alpha_fast
 
     mats = [power_law_matrix(256, 688, e, seed=i) for i, e in enumerate((2.5, 3.0, 4.0))]
     mats.append(torch.randn(256, 688, generator=torch.Generator().manual_seed(9)))
@@ -64,7 +64,7 @@ def test_batches_past_the_solver_limit_are_split(monkeypatch):
     why = batched_reason()
     if why is not None:
         pytest.skip(f"batched cuSOLVER op unavailable: {why}")
-    import llr_kernels.spectral.tridiag_cpp as tc
+    import llr_kernels.ops.eig.cpp as tc
 
     g = grams(7, 24, seed=5)
     monkeypatch.setattr(tc, "SYEV_BATCHED_MAX_ELEMENTS", 3 * 24 * 24)
@@ -77,7 +77,7 @@ def test_lanczos_on_cuda_matches_the_cpu_run():
     and auto call on a GPU): the alphas equal the CPU run's up to float32 rounding."""
     from reference import power_law_matrix
 
-    from llr_kernels.spectral.fast import hill_alpha_fast
+    from llr_kernels.spectral.batched import hill_alpha_fast
 
     mats = [power_law_matrix(300, 500, e, seed=i) for i, e in enumerate((2.5, 3.5))]
     kw = dict(method="lanczos", probes=8, steps=40, backend="torch", tf32=False)

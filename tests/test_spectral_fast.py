@@ -1,4 +1,4 @@
-"""Fast spectral path (llr_kernels.spectral.fast): batched exact vs float64 numpy, the float32 "auto" path within
+"""Batched spectral path (llr_kernels.spectral.batched and its passes): batched exact vs float64 numpy, the float32 "auto" path within
 1e-5 of float64 Eq. 2, SLQ (method="lanczos") within its documented error on Gaussian / power-law / spiked /
 rank-deficient matrices over fresh seeds, the Hill reductions, Gram eigensolver ops and tridiagonal eigensolvers
 against independent references, and the statuses of odd inputs (orthogonal in every dtype, near-flat, spiked,
@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEV, needs, require, requires, triton_launch_missing
+from conftest import DEV, backend_missing, needs, require, requires, triton_launch_missing
 from llr_kernels.spectral import hill_alpha
-from llr_kernels.spectral.fast import SLQ_BIAS_C, SLQ_ERR_C, choose_method, hill_alpha_fast, hill_params
-from llr_kernels.spectral.lanczos import lanczos_torch, rademacher_probes, slq_hill_torch, tridiag_eig_torch
+from llr_kernels.spectral.batched import hill_alpha_fast
+from llr_kernels.spectral.cost import SLQ_BIAS_C, SLQ_ERR_C, choose_method
+from llr_kernels.spectral.rules import hill_params
+from llr_kernels.ops.eig.naive import tridiag_eig_torch
+from llr_kernels.ops.hill.naive import slq_hill_torch
+from llr_kernels.ops.lanczos.naive import lanczos_torch, rademacher_probes
 
 needs_triton = needs(triton_launch_missing(), "Triton launches")
 
@@ -83,9 +87,9 @@ def test_exact_without_trusted_fp32_eigvalsh_starts_at_tier_2(monkeypatch, seed)
     """Where float32 eigvalsh is not trusted (CUDA: cuSOLVER broke the LAPACK-calibrated bound on an H200), every
     float32 matrix takes float64 eigenvalues of its float32 Gram (or float64 throughout), still within 1e-5 of
     float64 Eq. 2; a non-finite matrix still reads non_finite. Checked on CPU with the device test patched."""
-    import llr_kernels.spectral.fast as fast
+    import llr_kernels.spectral.exact as exact
 
-    monkeypatch.setattr(fast, "fp32_eigvalsh_trusted", lambda device: False)
+    monkeypatch.setattr(exact, "fp32_eigvalsh_trusted", lambda device: False)
     rng = np.random.default_rng(seed)
     ws = [make(k, 60 + 7 * i, 90 + 11 * i, rng, t).astype(np.float32) for i, (k, t) in enumerate(KINDS)]
     mats = [torch.from_numpy(w) for w in ws] + [torch.full((60, 90), float("nan"))]
@@ -247,11 +251,11 @@ def test_auto_within_1e5_of_float64_eq2(shapes):
 
 
 def test_gram_eigvalsh_cpp_matches_torch_reference():
-    from llr_kernels import _ext
+    from llr_kernels.ops import extension as _ext
 
     require(_ext.unavailable_reason(torch.device("cpu")), "the C++ extension")
-    from llr_kernels.spectral.gram_torch import eigvalsh_batch_torch, gram_eigvalsh_torch
-    from llr_kernels.spectral.tridiag_cpp import eigvalsh_cpp, gram_eigvalsh_cpp
+    from llr_kernels.ops.eig.naive import eigvalsh_batch_torch, gram_eigvalsh_torch
+    from llr_kernels.ops.eig.cpp import eigvalsh_cpp, gram_eigvalsh_cpp
 
     g = torch.Generator().manual_seed(0)
     nan = torch.randn(64, 100, generator=g)
@@ -430,10 +434,10 @@ def test_tridiag_torch_reference():
 
 
 def test_tridiag_cpp_matches_numpy():
-    from llr_kernels import _ext
+    from llr_kernels.ops import extension as _ext
 
     require(_ext.unavailable_reason(torch.device("cpu")), "the C++ extension")
-    from llr_kernels.spectral.tridiag_cpp import tridiag_eig_cpp
+    from llr_kernels.ops.eig.cpp import tridiag_eig_cpp
 
     a, b = random_tridiagonals(64, 96, 1)
     x, w = tridiag_eig_cpp(a, b)
@@ -459,7 +463,7 @@ def test_lanczos_exact_when_krylov_space_is_full():
 
 @needs_triton
 def test_hill_eigs_triton_matches_numpy():
-    from llr_kernels.spectral.hill_triton import hill_eigs_triton
+    from llr_kernels.ops.hill.triton import hill_eigs_triton
 
     rng = np.random.default_rng(4)
     e = np.sort(rng.pareto(2.5, size=(5, 300)) + 0.1, axis=1).astype(np.float32)
@@ -475,7 +479,7 @@ def test_hill_eigs_triton_matches_numpy():
 
 @needs_triton
 def test_hill_nodes_triton_matches_torch_reference():
-    from llr_kernels.spectral.hill_triton import hill_nodes_triton
+    from llr_kernels.ops.hill.triton import hill_nodes_triton
 
     rng = np.random.default_rng(6)
     ws = [make(k, 96, 160, rng, t) for k, t in KINDS[:4]]
@@ -520,3 +524,24 @@ def test_lanczos_triton_backend_target_mode():
     np.testing.assert_allclose(rt["error_est"].numpy(), rr["error_est"].numpy(), rtol=1e-2)
     assert rt["probes"] == rr["probes"] and max(rr["probes"]) > 8  # a refinement round ran on both
     assert float(rr["steps_error"].max()) > 0
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=requires(backend_missing("cpp", torch.device("cpu")),
+                                                                                  "backend 'cpp'"))])
+def test_threaded_cpu_path_matches_numpy(backend, seed):
+    """With 2 intra-op threads (the suite runs with 1): the C++ op once called MKL's eigensolver from OpenMP workers
+    concurrently and got eigenvalues wrong by ~100% with 2 threads (alphas off by 0.05-0.09, unflagged). Exact
+    (float32 tiers) and SLQ's tridiagonal solver against float64 numpy."""
+    rng = np.random.default_rng(seed)
+    ws = [make(k, 200, 260, rng, t).astype(np.float32) for k, t in KINDS[:5]]
+    mats = [torch.from_numpy(w) for w in ws]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = hill_alpha_fast(mats, method="exact", backend=backend)
+        s = hill_alpha_fast(mats, method="lanczos", backend=backend, probes=8, steps=40, groups=4)
+    finally:
+        torch.set_num_threads(before)
+    ref = np.array([np_alpha(w.astype(np.float64)) for w in ws])
+    np.testing.assert_allclose(r.alpha.numpy(), ref, rtol=1e-5)
+    np.testing.assert_allclose(s.alpha.numpy(), ref, rtol=0.1)  # SLQ's statistical error at 8 probes

@@ -1,4 +1,4 @@
-"""``target_error`` and the cost model of ``method="auto"`` (llr_kernels.spectral.fast, issue 14).
+"""``target_error`` and the cost model of ``method="auto"`` (llr_kernels.spectral.target and .cost).
 
 Expected alphas come from float64 numpy eigenvalues + Eq. 2 (tests/reference.py), on fresh random matrices whose
 seed is printed in every assertion message. SLQ runs at small n (256) with few steps so the suite stays fast on
@@ -12,7 +12,8 @@ import torch
 from reference import esd_np, hill_np, power_law_matrix
 
 from llr_kernels.spectral import hill_alpha
-from llr_kernels.spectral.fast import (
+from llr_kernels.spectral.batched import hill_alpha_fast
+from llr_kernels.spectral.cost import (
     AUTO_PRIOR_ALPHA,
     COSTS,
     SLQ_BIAS_C,
@@ -20,12 +21,11 @@ from llr_kernels.spectral.fast import (
     TARGET_Z,
     DeviceCost,
     choose_method,
-    hill_alpha_fast,
     probes_needed,
     slq_error_bound,
     slq_error_model,
 )
-from llr_kernels.spectral.gram_torch import tf32_round
+from llr_kernels.ops.gram.naive import tf32_round
 
 
 
@@ -298,7 +298,7 @@ def test_bf16_input_tf32_gram_moves_alpha_by_at_most_2e4(shape):
 def test_slq_gram_takes_tf32_by_default_only_where_its_products_are_exact():
     """TF32 rounds operands to 10 mantissa bits: exact for bf16/fp16 weights, lossy for float32 ones (on an H200 it
     moved a heavy-tailed float32 4096 x 4096 matrix's alpha from 1.74 to 2.09). Only CUDA has TF32."""
-    from llr_kernels.spectral.fast import gram_precision
+    from llr_kernels.spectral.slq import gram_precision
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     bf16, fp16, fp32 = (torch.zeros(2, 2, dtype=d) for d in (torch.bfloat16, torch.float16, torch.float32))

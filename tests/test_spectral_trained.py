@@ -17,7 +17,7 @@ from conftest import needs
 from reference import alpha_np
 
 from llr_kernels.spectral import hill_alpha
-from llr_kernels.spectral.fast import hill_alpha_fast
+from llr_kernels.spectral.batched import hill_alpha_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common as C  # noqa: E402

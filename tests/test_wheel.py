@@ -39,7 +39,8 @@ STEP_SCRIPT = textwrap.dedent(
     import json, os, sys
     import torch
     import llr_kernels
-    from llr_kernels import LLRAdamW, _ext
+    from llr_kernels import LLRAdamW
+    from llr_kernels.ops import extension as _ext
 
     before = _ext.status()
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 // Spectral ops on CPU: batched Gauss quadrature of Lanczos tridiagonals (see spectral.h; semantics:
-// llr_kernels/spectral/lanczos.py tridiag_eig_torch), Gram eigenvalues with the matrices spread over threads
-// (semantics: llr_kernels/spectral/gram_torch.py gram_eigvalsh_torch / eigvalsh_batch_torch), and the Python
+// llr_kernels/ops/eig/naive.py tridiag_eig_torch), Gram eigenvalues with the Grams formed one matrix per thread
+// (semantics: llr_kernels/ops/eig/naive.py gram_eigvalsh_torch / eigvalsh_batch_torch), and the Python
 // bindings of the CUDA tridiagonal solver when it is compiled in.
 #include "registry.h"
 #include "spectral.h"
@@ -88,11 +88,20 @@ void eigvalsh_row(const at::Tensor& g, at::Tensor row) {
   }
 }
 
+// Ascending eigenvalues of each lower-triangle Gram into the rows of eigs, in order, on the calling thread (LAPACK
+// uses its own threads). Never from inside at::parallel_for: MKL's eigensolver called concurrently from OpenMP
+// workers returned wrong eigenvalues (relative error ~1, or NaN) with 2 threads (torch 2.13 CPU, MKL 2024.2),
+// while the same calls from separate Python threads, or one at a time, were right.
+void eigvalsh_rows(const at::Tensor& grams, at::Tensor& eigs, const std::vector<int64_t>& rows, at::ScalarType dtype) {
+  for (const int64_t b : rows) eigvalsh_row(grams[b].to(dtype), eigs[b]);
+}
+
 // {eigenvalues (B, n), Grams (B, n, n) lower triangles or an empty tensor} of the short-side Grams of mats (all
-// with min dimension n), computed in `dtype` (float32/float64), one matrix per thread. Each matrix is first read
-// once for max|W|: a non-finite one gets a NaN row, an all-zero one a zero row; one whose max is outside
-// 2^+-limit (40 for float32, 400 for float64) is scaled by a power of two (exact) so its Gram can neither
-// over- nor underflow; alpha is scale-invariant, so eigenvalues are returned as computed.
+// with min dimension n), computed in `dtype` (float32/float64). The Grams are formed one matrix per thread; each
+// matrix is first read once for max|W|: a non-finite one gets a NaN row, an all-zero one a zero row; one whose max
+// is outside 2^+-limit (40 for float32, 400 for float64) is scaled by a power of two (exact) so its Gram can
+// neither over- nor underflow; alpha is scale-invariant, so eigenvalues are returned as computed. The eigenvalues
+// are then computed one Gram after another (``eigvalsh_rows``).
 std::vector<at::Tensor> gram_eigvalsh_cpu(const std::vector<at::Tensor>& mats, at::ScalarType dtype,
                                           bool keep_grams) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "gram_eigvalsh_cpu: dtype must be float32 or float64");
@@ -110,7 +119,8 @@ std::vector<at::Tensor> gram_eigvalsh_cpu(const std::vector<at::Tensor>& mats, a
   }
   const auto opts = at::TensorOptions().dtype(dtype);
   auto eigs = at::empty({nmat, n}, opts);
-  auto grams = keep_grams ? at::zeros({nmat, n, n}, opts) : at::empty({0}, opts);
+  auto grams = at::zeros({nmat, n, n}, opts);
+  std::vector<char> formed(static_cast<size_t>(nmat), 0);
   const int64_t limit = dtype == at::kFloat ? 40 : 400;
   for_each_item(nmat, [&](int64_t b) {
     const at::Tensor& w = mats[b];
@@ -140,20 +150,26 @@ std::vector<at::Tensor> gram_eigvalsh_cpu(const std::vector<at::Tensor>& mats, a
       }
     }
     x = x.to(dtype);
-    at::Tensor g = keep_grams ? grams[b] : at::zeros({n, n}, opts);
+    at::Tensor g = grams[b];
     gram_lower(x, g);
-    eigvalsh_row(g, row);
+    formed[static_cast<size_t>(b)] = 1;
   });
-  return {eigs, grams};
+  std::vector<int64_t> rows;
+  for (int64_t b = 0; b < nmat; ++b)
+    if (formed[static_cast<size_t>(b)]) rows.push_back(b);
+  eigvalsh_rows(grams, eigs, rows, dtype);
+  return {eigs, keep_grams ? grams : at::empty({0}, opts)};
 }
 
-// Ascending eigenvalues (B, n) of the lower triangles of grams (B, n, n), computed in `dtype`, one per thread.
+// Ascending eigenvalues (B, n) of the lower triangles of grams (B, n, n), computed in `dtype`, one after another.
 at::Tensor eigvalsh_cpu(const at::Tensor& grams, at::ScalarType dtype) {
   TORCH_CHECK(grams.dim() == 3 && grams.size(1) == grams.size(2) && grams.device().is_cpu(),
               "eigvalsh_cpu: grams must be (B, n, n) on CPU, got ", grams.sizes(), " on ", grams.device());
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "eigvalsh_cpu: dtype must be float32 or float64");
   auto eigs = at::empty({grams.size(0), grams.size(1)}, at::TensorOptions().dtype(dtype));
-  for_each_item(grams.size(0), [&](int64_t b) { eigvalsh_row(grams[b].to(dtype), eigs[b]); });
+  std::vector<int64_t> rows(static_cast<size_t>(grams.size(0)));
+  for (int64_t b = 0; b < grams.size(0); ++b) rows[static_cast<size_t>(b)] = b;
+  eigvalsh_rows(grams, eigs, rows, dtype);
   return eigs;
 }
 

@@ -1,7 +1,7 @@
 """The optimizer-step kernels as ``torch.library`` ops, so that a whole step traces under ``torch.compile``.
 
 Namespace ``llr_kernels`` (schemas in ``_SCHEMAS``). Every op takes the concrete backend chosen by
-``llr_kernels.dispatch`` (at plan-build time, by the optimizers) as its last argument and runs that implementation;
+``llr_kernels.ops.dispatch`` (at plan-build time, by the optimizers) as its last argument and runs that implementation;
 the tensors each op writes are declared in its schema, so functionalization (aot_eager, inductor) and CUDA-graph
 trees see every in-place write, and each op has a fake implementation for tracing:
 
@@ -29,9 +29,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..dispatch import implementation
-from .adamw_torch import adamw_step_torch, clip_coefficient, global_grad_norm
-from .muon_torch import muon_apply_torch, muon_momentum_torch
+from .dispatch import implementation
+from .adamw.naive import adamw_step_torch, clip_coefficient, global_grad_norm
+from .muon.naive import muon_apply_torch, muon_momentum_torch
 
 _SCHEMAS = {
     "adamw_step": (

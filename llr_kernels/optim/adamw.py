@@ -1,196 +1,23 @@
-"""LLRAdamW: AdamW where every layer's LR is group["lr"] x its LLR multiplier, in one fused step."""
+"""LLRAdamW: AdamW where every layer's LR is group["lr"] x its layerwise multiplier, in one fused step."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .._checks import check_betas, check_bool, check_choice, check_real
-from ..dispatch import get_op
-from ..ops.custom_ops import adamw_step
+from .._checks import check_choice
 from ..layers import Classifier
 from ..policies import PolicyConfig
 from ..policies.llr import OUTLIER_Z, LLRConfig
-from ._dtensor import is_dtensor, local
-from .base import LLROptimizer, check_backend, clip_all_grads
-from .checkpoint import load_torch_adamw
+from .base import LLROptimizer
+from .fused_adamw import FusedAdamWPart, _Launch, validate_adamw_args, validate_step_options
+from .params import default_state_dtype
+from .validation import check_backend
+from .wrappers import normalize_name
 
-
-@dataclass
-class _Launch:
-    """One call of the step op: tensors that share device, dtypes and (betas, eps, amsgrad, maximize)."""
-
-    params: list[torch.Tensor]
-    group_index: torch.Tensor  # (N,) long on device: param group of each tensor
-    layer_index: torch.Tensor  # (N,) long on device: LLR layer of each tensor
-    multipliers: torch.Tensor  # (L,) float64 on device: every layer's multiplier (LLROptimizer._multipliers_on)
-    wd_multipliers: torch.Tensor  # (L,) float64 on device: every layer's weight-decay multiplier
-    lrs: torch.Tensor  # (N,) per-tensor LR buffer on device, computed on device at every step
-    weight_decays: torch.Tensor  # (N,) per-tensor weight decay on device
-    steps: torch.Tensor  # (N,) per-tensor step counters on device; state[p]["step"] are views of it
-    options: dict[str, Any]
-    backend: str = "torch"  # the adamw_step implementation chosen for this launch (llr_kernels.dispatch)
-    sharded: bool = False  # DTensor params: local shards are taken at every step
-    state_lists: tuple | None = None  # (exp_avgs, exp_avg_sqs, max_exp_avg_sqs or []), when not sharded
-    filled: tuple | None = None  # eager mode: the host values lrs / weight_decays were last computed from
-
-
-def validate_adamw_args(
-    lr: Any, betas: Any, eps: Any, weight_decay: Any, amsgrad: Any = False, maximize: Any = False, *,
-    where: str = "", names: dict[str, str] | None = None,
-) -> None:
-    """Check AdamW hyperparameters (TypeError / ValueError naming the argument); ``where`` prefixes the names
-    (e.g. "param group 2: "), ``names`` renames them (LLRMuon's AdamW part: adamw_lr, adamw_betas, ...)."""
-    n = {"lr": "lr", "betas": "betas", "eps": "eps", "weight_decay": "weight_decay", **(names or {})}
-    check_real(where + n["lr"], lr, 0.0, hint=" (the base learning rate; each layer gets lr x its LLR multiplier)", tensor_ok=True)
-    check_betas(where + n["betas"], betas)
-    check_real(where + n["eps"], eps, 0.0, hint=" (added to the denominator; torch's default is 1e-8)")
-    check_real(where + n["weight_decay"], weight_decay, 0.0, hint=" (decoupled: p *= 1 - lr_layer * weight_decay)")
-    check_bool(where + "amsgrad", amsgrad)
-    check_bool(where + "maximize", maximize)
-
-
-def validate_step_options(max_grad_norm: Any, state_dtype: Any, params: list[torch.Tensor]) -> None:
-    """max_grad_norm and state_dtype, shared by LLRAdamW and LLRMuon."""
-    if max_grad_norm is not None:
-        check_real("max_grad_norm", max_grad_norm, 0.0, lo_open=True, hint=" (or None: no clipping)")
-    if state_dtype not in (None, torch.float32, torch.bfloat16):
-        raise ValueError(f"state_dtype must be None (float32; float64 for float64 params), torch.float32 or torch.bfloat16, got {state_dtype!r}")
-    if state_dtype is not None and any(p.dtype == torch.float64 for p in params):
-        raise ValueError("state_dtype applies to fp32/bf16/fp16 params, and this optimizer has float64 params (their "
-                         "state is float64); leave state_dtype=None or keep float64 params in another optimizer")
-
-
-class FusedAdamWPart:
-    """The fused multi-LR AdamW step over a chosen set of param groups (LLRAdamW, and LLRMuon's AdamW part).
-
-    Mixed into an ``LLROptimizer`` that sets ``state_dtype``, ``last_grad_norm``, ``_launches`` and
-    ``_signature``; its groups carry lr, betas, eps, weight_decay, amsgrad, maximize.
-    """
-
-    # ----- the cached launch table ------------------------------------------------------------------
-    def _state_for(self, p: torch.Tensor, amsgrad: bool) -> dict[str, torch.Tensor]:
-        st = self.state[p]
-        if "exp_avg" not in st:
-            sdt = self.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
-            st["step"] = torch.tensor(0.0, dtype=torch.float32)
-            st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-        if amsgrad and "max_exp_avg_sq" not in st:
-            st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"])
-        return st
-
-    def _adamw_group_ids(self) -> list[int]:
-        """The param groups this part steps (LLRMuon: its AdamW groups)."""
-        return list(range(len(self.param_groups)))
-
-    def _rebuild_plans(self) -> None:
-        self._build_launches(self._active(self._adamw_group_ids()))
-
-    def _active(self, group_ids: Iterable[int]) -> list[tuple[int, torch.Tensor]]:
-        """(group, param) of every tensor with a grad in these groups."""
-        active = []
-        for gi in group_ids:
-            for p in self.param_groups[gi]["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use dense embeddings")
-                active.append((gi, p))
-        return active
-
-    def _build_launches(self, active: list[tuple[int, torch.Tensor]]) -> None:
-        """Group stepping tensors into launches and make the per-tensor buffers (when the set changes: host work)."""
-        buckets: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-        for gi, p in active:
-            g = self.param_groups[gi]
-            st = self._state_for(p, g["amsgrad"])
-            key = (p.device, p.dtype, st["exp_avg"].dtype, tuple(g["betas"]), g["eps"], g["amsgrad"], g["maximize"])
-            buckets.setdefault(key, []).append((gi, p))
-        self._launches = []
-        for (_, _, _, betas, eps, amsgrad, maximize), items in buckets.items():
-            device = local(items[0][1]).device
-            backend, _ = get_op("adamw_step", self.backend, device)
-            buf_dtype = torch.float64 if backend == "torch" else torch.float32  # torch path: host math in double, as torch
-            params = [p for _, p in items]
-            states = [self.state[p] for p in params]
-            steps = torch.stack([st["step"].to(torch.float32).reshape(()) for st in states]).to(device)
-            for i, st in enumerate(states):
-                st["step"] = steps[i]
-            sharded = any(is_dtensor(p) for p in params)
-            state_lists = None
-            if not sharded:  # the state tensors live as long as the launch (a state load rebuilds it)
-                state_lists = ([st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
-                               [st["max_exp_avg_sq"] for st in states] if amsgrad else [])
-            self._launches.append(
-                _Launch(
-                    params=params,
-                    group_index=torch.tensor([gi for gi, _ in items], dtype=torch.long, device=device),
-                    layer_index=torch.tensor([self.layer_of(p) for p in params], dtype=torch.long, device=device),
-                    multipliers=self._multipliers_on(device),
-                    wd_multipliers=self._wd_multipliers_on(device),
-                    lrs=torch.zeros(len(params), dtype=buf_dtype, device=device),
-                    weight_decays=torch.zeros(len(params), dtype=buf_dtype, device=device),
-                    steps=steps,
-                    options=dict(beta1=betas[0], beta2=betas[1], eps=eps, amsgrad=amsgrad, maximize=maximize),
-                    backend=backend,
-                    sharded=sharded,
-                    state_lists=state_lists,
-                )
-            )
-        self._adamw_params = [p for _, p in active]
-        self._adamw_sharded = any(launch.sharded for launch in self._launches)
-
-    def _on_state_loaded(self) -> None:
-        self._signature = None  # step views must be rebuilt over the loaded state
-
-    # ----- the step ---------------------------------------------------------------------------------
-    def _fill_lr_buffers(self, launch: _Launch) -> None:
-        """lrs = group lr x layer multiplier and weight_decays = group weight decay x layer wd multiplier (1 unless
-        the policy sets it), computed on the launch's
-        device (no host sync, no host-to-device copy when group LRs are tensors: capturable). In eager mode they
-        are recomputed only when a group value or the multipliers changed."""
-        values = self._group_lr_wd(launch.lrs.device, launch.filled)
-        if values is None:
-            return
-        group_lr, group_wd, key = values
-        launch.lrs.copy_(group_lr[launch.group_index] * launch.multipliers[launch.layer_index])
-        launch.weight_decays.copy_(group_wd[launch.group_index] * launch.wd_multipliers[launch.layer_index])
-        launch.filled = key
-
-    def _adamw_step(self, max_grad_norm: float | None) -> None:
-        """Step the tensors of the cached launches (built by ``_rebuild_plans``) with the fused op; clip their
-        grads if asked. Per step this only gathers the grads and computes the LR buffers on device."""
-        launches = self._launches
-        if not launches:
-            return
-        clip_here = max_grad_norm is not None and len(launches) == 1 and not self._adamw_sharded
-        if max_grad_norm is not None and not clip_here:
-            # several launches or sharded grads: the norm must span all of them (all ranks for DTensors)
-            self.last_grad_norm = clip_all_grads(self._adamw_params, max_grad_norm)
-        for launch in launches:
-            self._fill_lr_buffers(launch)
-            if launch.sharded:
-                states = [self.state[p] for p in launch.params]
-                params = [local(p) for p in launch.params]
-                grads = [local(p.grad) for p in launch.params]
-                exp_avgs = [local(st["exp_avg"]) for st in states]
-                exp_avg_sqs = [local(st["exp_avg_sq"]) for st in states]
-                max_sqs = [local(st["max_exp_avg_sq"]) for st in states] if launch.options["amsgrad"] else []
-            else:
-                params = launch.params
-                grads = [p.grad for p in params]
-                exp_avgs, exp_avg_sqs, max_sqs = launch.state_lists
-            o = launch.options
-            norm = adamw_step(
-                params, grads, exp_avgs, exp_avg_sqs, max_sqs, launch.lrs, launch.weight_decays, launch.steps,
-                o["beta1"], o["beta2"], o["eps"], o["amsgrad"], o["maximize"], None, None,
-                max_grad_norm if clip_here else None, self.capturable, launch.backend,
-            )
-            if clip_here:
-                self.last_grad_norm = norm
+# torch.optim group keys that select torch's implementation, not hyperparameters: never copied into ours.
+_TORCH_IMPL_KEYS = frozenset({"params", "param_names", "foreach", "fused", "capturable", "differentiable"})
 
 
 class LLRAdamW(FusedAdamWPart, LLROptimizer):
@@ -207,7 +34,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         tokens; the gradient before the first step).
     max_grad_norm: if set, clip the global gradient norm inside the step (no host sync on fast backends).
     state_dtype: dtype of exp_avg / exp_avg_sq; default float32 (float64 for float64 params).
-    backend: "auto" | "triton" | "cpp" | "torch" (see ``llr_kernels.dispatch``).
+    backend: "auto" | "triton" | "cpp" | "torch" (see ``llr_kernels.ops.dispatch``).
     hill_method, hill_variant, min_eigs: passed to ``llr_kernels.spectral.hill_alpha``.
     capturable: keep every step-time scalar on the device, so a step can be captured in a CUDA graph and replayed
         while a scheduler changes the LRs: each group's lr becomes a 0-d tensor on its parameters' device (update
@@ -215,7 +42,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         host-to-device copy except on steps with host work (LLR updates, ramps; see ``after_replay``).
     spectral_group: which ranks share the LLR update, each measuring some of the layers: "auto" (the FSDP2 mesh,
         or the group of a DistributedDataParallel model passed as ``model``/``params``), a process group whose ranks
-        hold identical parameters (DDP), or None (every rank measures every layer). See ``optim.spectral_ranks``.
+        hold identical parameters (DDP), or None (every rank measures every layer). See ``optim.spectral_split``.
     policy: the layerwise scheme, if not LLR as above: a preset name ("uniform", "llr-shuffled", "sharpness",
         "rlrs", "alphadecay", "llr+alphadecay", ...: ``llr_kernels.policies.PRESETS``, built from the LLR arguments
         above where they apply, e.g. total_steps) or a config (``LLRConfig`` with another map / metric / fit,
@@ -296,3 +123,71 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
     def _step_params(self) -> None:
         self._adamw_step(self.max_grad_norm)
 
+
+def load_torch_adamw(opt: LLROptimizer, state_dict: dict[str, Any], llr_step: int | None = None) -> None:
+    """Load a ``torch.optim.AdamW`` (or Adam) state_dict into ``opt``, built on the same param groups.
+
+    Moments (exp_avg, exp_avg_sq, max_exp_avg_sq) and per-parameter step counters are carried over (moments in
+    ``opt``'s state dtype), group hyperparameters too (lr, betas, eps, weight_decay, ..., initial_lr of a
+    scheduler), as torch's load_state_dict does; the LLR state starts fresh (no alphas; multipliers 1, pinned
+    layers s) at ``llr_step`` (default: the checkpoint's largest step count, so grad_phase / active_until / the
+    interval keep counting training steps).
+    """
+    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+        raise ValueError("load_torch_state_dict expects a torch.optim state_dict (with 'state' and 'param_groups')")
+    if "llr" in state_dict:
+        raise ValueError("this is an LLR optimizer checkpoint (it has an 'llr' entry); load it with load_state_dict")
+    saved_groups = state_dict["param_groups"]
+    sizes_saved = [len(g["params"]) for g in saved_groups]
+    sizes_mine = [len(g["params"]) for g in opt.param_groups]
+    if sizes_saved != sizes_mine:
+        raise ValueError(
+            f"the torch optimizer checkpoint has param groups of sizes {sizes_saved}, this optimizer {sizes_mine}: "
+            "build it on the same param groups (same parameters in the same order) as the torch optimizer"
+        )
+    for i, (gs, g) in enumerate(zip(saved_groups, opt.param_groups)):
+        for j, (name, p) in enumerate(zip(gs.get("param_names") or [None] * len(g["params"]), g["params"])):
+            layer = opt.layers[opt.layer_of(p)]
+            if name is not None and normalize_name(name) not in {normalize_name(n) for n in [layer.name, *layer.aliases]}:
+                raise ValueError(f"parameter {j} of param group {i} is {name!r} in the torch checkpoint but "
+                                 f"{layer.name!r} here: build the optimizer on the same parameters in the same order "
+                                 "as the torch optimizer")
+    merged = []  # group hyperparameters as torch's load_state_dict sets them: from the checkpoint
+    for i, (gs, g) in enumerate(zip(saved_groups, opt.param_groups)):
+        m = {**g, **{k: v for k, v in gs.items() if k not in _TORCH_IMPL_KEYS and (k in g or k == "initial_lr")}}
+        validate_adamw_args(m["lr"], m["betas"], m["eps"], m["weight_decay"], m["amsgrad"], m["maximize"],
+                            where=f"torch checkpoint, param group {i}: ")
+        merged.append(m)
+    new_state: dict[torch.Tensor, dict[str, Any]] = {}
+    steps = [0]
+    for gs, m in zip(saved_groups, merged):
+        for idx, p in zip(gs["params"], m["params"]):
+            st = state_dict["state"].get(idx)
+            if not st:
+                continue
+            missing = {"step", "exp_avg", "exp_avg_sq"} - st.keys()
+            if missing:
+                raise ValueError(f"parameter {idx} of the checkpoint has state {sorted(st)}, not AdamW's (missing "
+                                 f"{sorted(missing)}): load_torch_state_dict reads torch.optim.AdamW / Adam checkpoints")
+            if tuple(st["exp_avg"].shape) != tuple(p.shape):
+                raise ValueError(f"parameter {idx} has exp_avg of shape {tuple(st['exp_avg'].shape)} in the checkpoint "
+                                 f"but shape {tuple(p.shape)} here: the checkpoint belongs to another model")
+            sdt = default_state_dtype(opt.state_dtype, p.dtype)
+            step = float(st["step"])
+            steps.append(int(step))
+            entry = {
+                "step": torch.tensor(step, dtype=torch.float32),
+                "exp_avg": st["exp_avg"].to(device=p.device, dtype=sdt, copy=True),
+                "exp_avg_sq": st["exp_avg_sq"].to(device=p.device, dtype=sdt, copy=True),
+            }
+            if m["amsgrad"]:
+                saved_max = st.get("max_exp_avg_sq")
+                entry["max_exp_avg_sq"] = (torch.zeros_like(entry["exp_avg_sq"]) if saved_max is None
+                                           else saved_max.to(device=p.device, dtype=sdt, copy=True))
+            new_state[p] = entry
+    for g, m in zip(opt.param_groups, merged):
+        g.update(m)
+    opt.state.clear()
+    opt.state.update(new_state)
+    opt.reset_llr(max(steps) if llr_step is None else int(llr_step))
+    opt._on_state_loaded()

@@ -1,200 +1,33 @@
-"""What every LLR optimizer shares: layers, the policy, the spectral update, per-tensor LRs, state_dict.
+"""LLROptimizer: what LLRAdamW and LLRMuon share. The step protocol (host work at LLR updates only, per-tensor LR
+buffers computed on device, compile- and capture-friendly), the layers and their policy, add_param_group and
+state_dict. Param groups: ``params``; argument checks: ``validation``; the LLR update: ``spectral_update``;
+checkpoint entries: ``checkpoint``.
 
 A subclass implements ``_rebuild_plans()`` (cached launches for the tensors with grads) and ``_step_params()``
-(the update with per-tensor LRs); this base decides, before each step, whether alphas are re-measured
-(Algorithm 1), and makes each tensor's LR ``group["lr"] * multiplier(layer)`` so that any
-torch.optim.lr_scheduler, which only edits group["lr"], composes unchanged. A step compiles into one graph
-(torch.compile) and can be captured in a CUDA graph (``capturable=True``): see the "step" section below.
+(the update with per-tensor LRs); each tensor's LR is ``group["lr"] * multiplier(layer)``, so any
+torch.optim.lr_scheduler, which only edits group["lr"], composes unchanged.
 """
 from __future__ import annotations
 
 import copy
 import functools
-import math
-import time
-import warnings
 import weakref
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from .._checks import check_bool, check_choice, check_int
-from ..dispatch import BACKENDS, has_impl, unavailable_reason
+from .._checks import check_bool, check_choice
+from ..layers import Classifier, Layer
 from ..ops.custom_ops import llr_tick, register_tick
-from ..layers import Classifier, Layer, classify_parameters
+from ..ops.dispatch import BACKENDS
 from ..policies import LayerwisePolicy, LLRConfig, PolicyConfig, resolve_policy
-from ..spectral import hill_alpha, measure
-from ..spectral.hill import METHODS, VARIANTS
+from ..spectral.rules import STATUS_NOT_MEASURED
 from ._dtensor import full, local
-from .spectral_ranks import assign_owners, gather_to_owner, measure_cost, resolve_group, share_results
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
-from .wrappers import normalize_name
-
-STATUS_OUTLIER = "outlier"  # alpha far from the other layers' (llr_kernels.policies.llr.robust_outliers)
-
-# Statuses of matrix layers whose alpha does not enter Eq. 3, and what each means for the user.
-# |d alpha| against float64 Eq. 2 that every measured alpha meets (DESIGN.md's target): Lanczos adapts its budget
-# per matrix or hands the matrix to the exact path (spectral/fast.py); exact meets it by construction.
-ALPHA_TARGET_ERROR = 0.02
-
-STATUS_EXPLANATIONS: dict[str, str] = {
-    "too_few_eigenvalues": "fewer than min_eigs={min_eigs} eigenvalues, too few for a tail estimate; their LR multiplier stays fixed",
-    "non_finite": "inf or NaN entries in the {source} at an LLR update; they keep their previous multiplier",
-    "zero_matrix": "an all-zero {source} at an LLR update; they keep their previous multiplier",
-    "rank_deficient": "a numerically rank-deficient {source} with fewer than min_eigs={min_eigs} nonzero eigenvalues; they keep their previous multiplier",
-    "ok_rank_deficient": "a rank-deficient {source} (e.g. fewer tokens per step than half the layer width): alpha is Eq. 2 on the nonzero eigenvalues with the rank-aware k, biased against the full-rank value (benchmarks/results/hill_rank_deficient_bias.md)",
-    "flat_spectrum": "a flat spectrum (e.g. orthogonal init or Muon-like updates): no tail to fit; they keep their previous multiplier",
-    "out_of_range": "alpha above the estimator's bound (hill_alpha alpha_max), not a tail estimate; they keep their previous multiplier",
-    STATUS_OUTLIER: "alpha far from the other layers' (robust rule, policies.llr.robust_outliers; outlier_z=None turns it off); they keep their previous multiplier",
-    "no_grad": "no gradient at a gradient-phase LLR update; they keep their previous multiplier",
-    "inactive": "fewer than two layers have a usable alpha at this LLR update, so Eq. 3 has no range and no multiplier moves",
-}
-
-
-def _param_name_map(model: nn.Module | None) -> dict[int, str]:
-    if model is None:
-        return {}
-    return {id(layer.param): layer.name for layer in classify_parameters(model)}
-
-
-def _normalize_groups(
-    params: Any, model: nn.Module | None, first_group: int = 0
-) -> tuple[list[dict], list[tuple[str, torch.Tensor]], list[str]]:
-    """Turn any accepted ``params`` form into param groups of tensors, (name, tensor) pairs in order, and the
-    generated names of matrices that had none (no pair, not found in ``model``): see ``warn_unnamed``.
-    ``first_group``: index of the first group in the optimizer (``add_param_group``), for generated names."""
-    if isinstance(params, nn.Module):
-        model = params if model is None else model
-        params = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
-    if isinstance(params, torch.Tensor):
-        raise TypeError("params must be an nn.Module, an iterable of tensors, (name, tensor) pairs or param groups, not one tensor")
-    items = list(params)
-    if not items:
-        raise ValueError("the optimizer got an empty parameter list; pass a model or its parameters")
-    groups = items if isinstance(items[0], dict) else [{"params": items}]
-    names = _param_name_map(model)
-    out_groups, named, unnamed = [], [], []
-    for gi, g in enumerate(groups, start=first_group):
-        if not isinstance(g, dict) or "params" not in g:
-            raise TypeError("param groups must all be dicts with a 'params' entry")
-        ps = g["params"]
-        ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
-        tensors = []
-        for j, item in enumerate(ps):
-            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
-                name, p = item
-            elif isinstance(item, torch.Tensor):
-                p = item
-                name = names.get(id(p))
-                if name is None:
-                    name = f"group{gi}.param{j}"
-                    if p.dim() >= 2:
-                        unnamed.append(name)
-            else:
-                raise TypeError(f"cannot read parameter entry of type {type(item).__name__}; use tensors or (name, tensor)")
-            if p.is_complex():
-                raise ValueError(f"parameter {name!r} is complex; LLR optimizers support real floating-point tensors only")
-            tensors.append(p)
-            named.append((name, p))
-        out_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": tensors})
-    return out_groups, named, unnamed
-
-
-def warn_unnamed(unnamed: list[str], who: str) -> None:
-    """Warn (once per call site) that matrices without names are all classified as hidden linear layers."""
-    if not unnamed:
-        return
-    warnings.warn(
-        f"{who} got {len(unnamed)} weight matrices without names (e.g. model.parameters()): LLR cannot tell the "
-        "embedding (pinned at s*lr) and the LM head from hidden layers without names, so every matrix is treated "
-        f"as a hidden linear layer. Pass the model: {who}(model, ...), {who}(model.named_parameters(), ...), or "
-        f"param groups with model=model (Hugging Face Trainer: optimizers=({who}(model, ...), scheduler) or "
-        f"optimizer_cls_and_kwargs=({who}, {{'model': model, ...}}))",
-        UserWarning,
-        stacklevel=_caller_stacklevel(),
-    )
-
-
-def classify_named(
-    named: list[tuple[str, torch.Tensor]], model: nn.Module | None, classify: Classifier | None
-) -> list[Layer]:
-    """Layers of the optimizer's parameters, in order; with a model, kinds also use module types. Names drop
-    the levels that wrappers insert (``_orig_mod.``, ``module.``, ...: ``wrappers.normalize_name``)."""
-    layers = classify_parameters(named, classify=classify)
-    if model is not None:
-        by_id = {id(layer.param): layer for layer in classify_parameters(model, classify=classify)}
-        layers = [by_id.get(id(layer.param), layer) for layer in layers]
-    for layer in layers:
-        layer.name = normalize_name(layer.name)
-        layer.aliases = list(dict.fromkeys(normalize_name(a) for a in layer.aliases))
-    return layers
-
-
-def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
-    """Clip the global grad norm over ``params`` in place (all ranks for DTensors); returns the plain norm."""
-    return full(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-
-
-def check_backend(arg: str, backend: str, ops: tuple[str, ...], params: list[torch.Tensor]) -> None:
-    """Raise ValueError now if an explicit ``backend`` cannot run one of ``ops`` on these params' devices
-    (not installed, no CUDA and no TRITON_INTERPRET=1, extension disabled or not built, no implementation)."""
-    if backend == "auto" or not params:
-        return
-    for op in ops:
-        if not has_impl(op, backend):
-            raise ValueError(f"{arg}={backend!r} has no implementation of {op!r}; use {arg}='auto' or 'torch'")
-    for device in {p.device for p in params}:
-        why = unavailable_reason(backend, device)
-        if why is not None:
-            raise ValueError(f"{arg}={backend!r} cannot run on {device}: {why}; use {arg}='auto' or 'torch'")
-
-
-def check_spectral_args(hill_method: Any, hill_variant: Any, min_eigs: Any) -> None:
-    check_choice("hill_method", hill_method, METHODS, hint=" (how alphas are computed; 'auto' picks per matrix)")
-    check_choice("hill_variant", hill_variant, VARIANTS, hint=" ('paper' = Eq. 2, 'reference' = the public code's indices)")
-    check_int("min_eigs", min_eigs, 2, hint=" (matrices with fewer eigenvalues get alpha = NaN; public code: 50)")
-
-
-def check_spectral_group(spectral_group: Any) -> None:
-    if spectral_group is None or spectral_group == "auto":
-        return
-    if not (dist.is_available() and isinstance(spectral_group, dist.ProcessGroup)):
-        raise TypeError(f"spectral_group must be 'auto', None or a torch.distributed.ProcessGroup, got {spectral_group!r} "
-                        "('auto': split the LLR update over the FSDP2 mesh or a DDP model's group; None: no split)")
-
-
-def check_model_args(model: Any, classify: Any) -> None:
-    if model is not None and not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module (it names the parameters) or None, got {type(model).__name__}")
-    if classify is not None and not callable(classify):
-        raise TypeError(f"classify must be a callable (name, param, module) -> kind or None, got {type(classify).__name__}")
-
-
-def _reject_sparse_embeddings(model: nn.Module | None, stepped: dict[int, int]) -> None:
-    """Fail at construction, not at the first step, for embeddings that would produce sparse gradients."""
-    if model is None:
-        return
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and mod.sparse and id(mod.weight) in stepped:
-            raise ValueError(
-                f"{name or 'the model'} is an {type(mod).__name__} with sparse=True: LLR optimizers step dense "
-                "gradients only; build it with sparse=False"
-            )
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning at the first frame outside llr_kernels and torch (the user's
-    ``opt.step()``), whatever decorators lie in between."""
-    import os
-    import sys
-
-    skip = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__))
-    frame, level = sys._getframe(1), 1
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(skip):
-        frame, level = frame.f_back, level + 1
-    return level
+from .params import classify_named, normalize_groups, per_layer, reject_sparse_embeddings, warn_unnamed
+from .spectral_update import update_layer_metrics
+from .validation import check_model_args, check_spectral_args, check_spectral_group
 
 
 def _capturing() -> bool:
@@ -236,7 +69,7 @@ class LLROptimizer(torch.optim.Optimizer):
     ) -> None:
         policy_config = resolve_policy(policy, llr)
         check_spectral_group(spectral_group)
-        check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.dispatch)")
+        check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.ops.dispatch)")
         check_spectral_args(hill_method, hill_variant, min_eigs)
         if getattr(policy_config, "fit", "median") != "median" and hill_variant != "paper":
             raise ValueError(f"hill_variant={hill_variant!r} is an index convention of the median Hill fit; the "
@@ -247,7 +80,7 @@ class LLROptimizer(torch.optim.Optimizer):
         self.capturable = capturable
         self.spectral_group = spectral_group
         self.last_split: dict[str, Any] | None = None  # how the last LLR update was split across ranks
-        groups, named, unnamed = _normalize_groups(params, model)
+        groups, named, unnamed = normalize_groups(params, model)
         warn_unnamed(unnamed, type(self).__name__)
         super().__init__(groups, defaults)
         if model is None and isinstance(params, nn.Module):
@@ -257,12 +90,12 @@ class LLROptimizer(torch.optim.Optimizer):
         self._classify = classify
         self.layers: list[Layer] = classify_named(named, model, classify)
         self._layer_index = {id(layer.param): i for i, layer in enumerate(self.layers)}
-        _reject_sparse_embeddings(model, self._layer_index)
-        self.llr = policy_config.build(self.layers)
+        reject_sparse_embeddings(model, self._layer_index)
+        self.policy = policy_config.build(self.layers)
         self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs
         self.llr_step = 0
         self.llr_update_seconds = 0.0
-        self.hill_status: list[str] = ["not_measured"] * len(self.layers)  # per layer, from the last update
+        self.layer_status: list[str] = [STATUS_NOT_MEASURED] * len(self.layers)  # per layer, of the last update
         self._init_step_state()
 
     # ----- layers and multipliers -------------------------------------------------------------------
@@ -294,125 +127,39 @@ class LLROptimizer(torch.optim.Optimizer):
 
     @_refreshes_multipliers
     @torch.no_grad()
-    def update_alphas(self, t: int | None = None) -> torch.Tensor:
-        """Measure every layer's alpha now and set new multipliers (normally called by ``step``).
+    def update_metrics(self, t: int | None = None) -> torch.Tensor:
+        """Measure every layer's metric (PL_Alpha_Hill for LLR) now and set new multipliers (normally called by
+        ``step``); returns the values (float64, one per layer). Layers whose value is not usable keep their previous
+        multiplier; each cause is warned about once, and ``layer_stats()`` names it (``spectral_update``)."""
+        return update_layer_metrics(self, t)
 
-        Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
-        multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
-        FSDP2 or DDP the layers are measured by one rank each (``spectral_ranks``; ``last_split`` says how).
-        """
-        if not self.llr.measures:
-            raise ValueError(f"policy {self.llr.name!r} does not measure layers, so there are no alphas to update; "
-                             "its multipliers follow from the layers and the step alone")
-        t = self.llr_step if t is None else t
-        source = self.llr.source(t)
-        start = time.perf_counter()
-        measured = self.measured_layers()
-        group, layout = resolve_group(self.spectral_group, self._model_ref() if self._model_ref else None,
-                                      [self.layers[i].param for i in measured])
-        owners = None
-        if group is not None:
-            owners = assign_owners([measure_cost(self.layers[i].shape) for i in measured], dist.get_world_size(group))
-            rank = dist.get_rank(group)
-        idx, mats, received = [], [], 0
-        for j, i in enumerate(measured):
-            src = self._spectral_source(self.layers[i], source)
-            if src is None:
-                continue
-            if owners is None:
-                m = full(src)
-            elif layout == "dtensor":
-                m = gather_to_owner(src.to_local(), src.shape[0], owners[j], group)  # every rank calls; the owner receives
-                received += 0 if m is None else m.numel() * m.element_size()
-            else:
-                m = src if owners[j] == rank else None
-            if m is not None:
-                idx.append(i)
-                mats.append(m)
-        alphas = torch.full((len(self.layers),), float("nan"), dtype=torch.float64)
-        status = ["vector" if not l.is_matrix else "no_grad" for l in self.layers]
-        if mats:
-            values, statuses = self._measure(mats)
-            alphas[idx] = values
-            for i, st in zip(idx, statuses):
-                status[i] = st
-        if owners is not None:
-            mine = [i for j, i in enumerate(measured) if owners[j] == rank]
-            shared, shared_status = share_results(alphas, status, mine, group)
-            for i in measured:
-                alphas[i], status[i] = shared[i], shared_status[i]
-            self.last_split = {"world": dist.get_world_size(group), "rank": rank, "layout": layout,
-                               "layers_measured": len(mine), "layers": len(measured), "bytes_received": received,
-                               "bytes_held": sum(m.numel() * m.element_size() for m in mats)}
-        del mats
-        outliers = self.llr.update(t, alphas, source)
-        for i in torch.nonzero(outliers).flatten().tolist():
-            status[i] = STATUS_OUTLIER
-        self.hill_status = status
-        self._warn_statuses(status, source)
-        self.llr_update_seconds += time.perf_counter() - start
-        return alphas
-
-    def _measure(self, mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
-        """The policy's metric of each matrix (float64) and its status: PL_Alpha_Hill by the median fit through
-        ``hill_alpha`` (every alpha within ALPHA_TARGET_ERROR of Eq. 2), else ``spectral.metrics.measure``
-        (exact eigenvalues), or the Frobenius norm for "grad_norm"."""
-        metric, fit = self.llr.metric, self.llr.fit
-        if metric == "alpha" and fit == "median":
-            res = hill_alpha(mats, method=self.hill_method, variant=self.hill_variant, min_eigs=self.min_eigs,
-                             return_status=True, target_error=ALPHA_TARGET_ERROR)
-            return res.alpha, list(res.status)
-        if metric == "grad_norm":
-            norms = torch.stack([torch.linalg.vector_norm(m.detach().to(torch.float64)).cpu() for m in mats])
-            return norms, ["ok" if math.isfinite(float(v)) else "non_finite" for v in norms]
-        return measure(mats, metric, fit=fit, min_eigs=self.min_eigs, variant=self.hill_variant)
-
-    def _warn_statuses(self, status: list[str], source: str) -> None:
-        """One RuntimeWarning per cause (not per step) for layers whose alpha could not be used."""
-        warned = self.__dict__.setdefault("_warned_causes", set())
-        by_cause: dict[str, list[str]] = {}
-        for i, (layer, st) in enumerate(zip(self.layers, status)):
-            if st in STATUS_EXPLANATIONS and not bool(self.llr.pinned[i]):
-                by_cause.setdefault(st, []).append(layer.name)
-        mapped = [i for i, l in enumerate(self.layers) if l.is_matrix and not bool(self.llr.pinned[i])]
-        usable = sum(status[i] in ("ok", "ok_rank_deficient") for i in mapped)
-        if mapped and usable < 2:
-            by_cause.setdefault("inactive", [])
-        for cause, names in by_cause.items():
-            if cause in warned:
-                continue
-            warned.add(cause)
-            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-            what = STATUS_EXPLANATIONS[cause].format(source=source, min_eigs=self.min_eigs)
-            head = f"LLR: {len(names)} layer(s) ({shown}): " if names else "LLR: "
-            warnings.warn(head + what + " (warned once; see layer_stats()['status'])", RuntimeWarning,
-                          stacklevel=_caller_stacklevel())
+    update_alphas = update_metrics  # the name before other metrics existed
 
     def multipliers(self) -> torch.Tensor:
         """Multipliers in force for the next step (float64, CPU, one per layer)."""
-        return self.llr.multipliers(self.llr_step)
+        return self.policy.multipliers(self.llr_step)
 
     def layer_stats(self) -> list[dict[str, Any]]:
         """Per layer: name, kind, shape, alpha (the policy's metric), LR multiplier, LR of the next step, weight-decay
         multiplier and weight decay of the next step, and the Hill status."""
         mult = self.multipliers()
-        wd_mult = self.llr.wd_multipliers(self.llr_step)
+        wd_mult = self.policy.wd_multipliers(self.llr_step)
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
         stats = []
         for i, layer in enumerate(self.layers):
             g = group_of.get(id(layer.param), {})
-            base, wd = g.get("lr", float("nan")), g.get("weight_decay", float("nan"))
+            lr_wd = [float(g.get("lr", float("nan"))), float(g.get("weight_decay", float("nan")))]
             stats.append(
                 {
                     "name": layer.name,
                     "kind": layer.kind,
                     "shape": layer.shape,
-                    "alpha": float(self.llr.alphas[i]),
+                    "alpha": float(self.policy.alphas[i]),
                     "multiplier": float(mult[i]),
-                    "lr": float(base) * float(mult[i]),
+                    "lr": float(per_layer(lr_wd, 0, mult, i)),
                     "wd_multiplier": float(wd_mult[i]),
-                    "weight_decay": float(wd) * float(wd_mult[i]),
-                    "status": self.hill_status[i],
+                    "weight_decay": float(per_layer(lr_wd, 1, wd_mult, i)),
+                    "status": self.layer_status[i],
                 }
             )
         return stats
@@ -432,29 +179,29 @@ class LLROptimizer(torch.optim.Optimizer):
         if not isinstance(param_group, dict) or "params" not in param_group:
             raise TypeError("add_param_group expects a dict with a 'params' entry (tensors or (name, tensor) pairs)")
         model = self._model_ref() if self._model_ref is not None else None
-        groups, named, unnamed = _normalize_groups([param_group], model, first_group=len(self.param_groups))
+        groups, named, unnamed = normalize_groups([param_group], model, first_group=len(self.param_groups))
         for name, p in named:
             if id(p) in self._layer_index:
                 raise ValueError(f"parameter {name!r} is already in a param group of this optimizer; a parameter "
                                  "can belong to one group only")
         warn_unnamed(unnamed, type(self).__name__)
         layers = classify_named(named, model, self._classify)
-        first, n_layers, policy = len(self.param_groups), len(self.layers), copy.deepcopy(self.llr)
+        first, n_layers, policy = len(self.param_groups), len(self.layers), copy.deepcopy(self.policy)
         self._layer_index.update({id(layer.param): n_layers + i for i, layer in enumerate(layers)})
         self.layers.extend(layers)
-        self.llr.add_layers(self.llr.pins(layers), layers)
-        self.hill_status.extend(["not_measured"] * len(layers))
+        self.policy.add_layers(self.policy.pins(layers), layers)
+        self.layer_status.extend([STATUS_NOT_MEASURED] * len(layers))
         try:
             for group in self._expand_added_group(groups[0], layers):
                 super().add_param_group(group)  # fills in the defaults
             self._check_groups(list(range(first, len(self.param_groups))))
-            _reject_sparse_embeddings(model, {id(layer.param): 0 for layer in layers})
+            reject_sparse_embeddings(model, {id(layer.param): 0 for layer in layers})
         except Exception:  # leave the optimizer as it was
             del self.param_groups[first:]
-            del self.layers[n_layers:], self.hill_status[n_layers:]
+            del self.layers[n_layers:], self.layer_status[n_layers:]
             for layer in layers:
                 self._layer_index.pop(id(layer.param), None)
-            self.llr = policy
+            self.policy = policy
             raise
 
     def _expand_added_group(self, group: dict[str, Any], layers: list[Layer]) -> list[dict[str, Any]]:
@@ -466,10 +213,10 @@ class LLROptimizer(torch.optim.Optimizer):
 
     def reset_llr(self, step: int = 0) -> None:
         """Start the LLR state afresh at ``step``: no alphas, multipliers 1 (pinned layers s), not measured yet."""
-        self.llr = self.llr.fresh()
+        self.policy = self.policy.fresh()
         self.llr_step = int(step)
         self.llr_update_seconds = 0.0
-        self.hill_status = ["not_measured"] * len(self.layers)
+        self.layer_status = [STATUS_NOT_MEASURED] * len(self.layers)
 
     # ----- step -------------------------------------------------------------------------------------
     # How a step splits between host and device, so that it compiles into one graph and can be captured:
@@ -491,14 +238,26 @@ class LLROptimizer(torch.optim.Optimizer):
         self._host_due = True
 
     @property
-    def llr(self) -> LayerwisePolicy:
-        """The LLR policy (alphas, multipliers, schedule). Replacing it makes the next step refresh the multipliers."""
-        return self._llr
+    def policy(self) -> LayerwisePolicy:
+        """The layerwise policy (LLR by default: alphas, multipliers, schedule). Replacing it makes the next step
+        refresh the multipliers."""
+        return self._policy
 
-    @llr.setter
-    def llr(self, policy: LayerwisePolicy) -> None:
-        self._llr = policy
+    @policy.setter
+    def policy(self, policy: LayerwisePolicy) -> None:
+        self._policy = policy
         self._host_due = True
+
+    llr = policy  # the name from before other policies existed
+
+    @property
+    def hill_status(self) -> list[str]:
+        """Alias of ``layer_status`` (the name from when alpha was the only metric)."""
+        return self.layer_status
+
+    @hill_status.setter
+    def hill_status(self, value: list[str]) -> None:
+        self.layer_status = value
 
     def _init_step_state(self) -> None:
         self._signature: tuple | None = None  # tensors with grads when the step plans were built
@@ -567,9 +326,9 @@ class LLROptimizer(torch.optim.Optimizer):
             )
         t = self.llr_step
         self._state_init_only = self._is_state_init_call()
-        if self.llr.is_update_step(t) and not self._state_init_only:
+        if self.policy.is_update_step(t) and not self._state_init_only:
             self.update_alphas(t)
-        mult = torch.stack([self.llr.multipliers(t), self.llr.wd_multipliers(t)]).to(torch.float64)
+        mult = torch.stack([self.policy.multipliers(t), self.policy.wd_multipliers(t)]).to(torch.float64)
         signature = self._grad_signature()
         if signature != self._signature or mult.shape[1] != self._mult_layers:
             if self.capturable:
@@ -597,7 +356,7 @@ class LLROptimizer(torch.optim.Optimizer):
             self._host_due = True  # step 0's LLR update is still to come
             return
         self._llr_step += 1
-        if self._llr.is_update_step(self._llr_step) or self._llr.ramping(self._llr_step):
+        if self._policy.is_update_step(self._llr_step) or self._policy.ramping(self._llr_step):
             self._host_due = True
 
     @property
@@ -691,28 +450,28 @@ class LLROptimizer(torch.optim.Optimizer):
         if "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError("load_state_dict expects an optimizer state_dict with 'state' and 'param_groups' entries")
         params_of = self._saved_param_map(state_dict["param_groups"])
-        state, per_layer = {}, {}
+        state, layer_entries = {}, {}
         for key, entry in state_dict["state"].items():
             entry = dict(entry)
             layer_entry = entry.pop(PER_LAYER_KEY, None)
             p = params_of.get(key)
             if layer_entry is not None and p is not None and id(p) in self._layer_index:
-                per_layer[self.layer_of(p)] = layer_entry
+                layer_entries[self.layer_of(p)] = layer_entry
             if entry:
                 state[key] = entry
         if llr is None:
-            if not per_layer:
+            if not layer_entries:
                 hint = (" For a torch.optim.AdamW checkpoint use load_torch_state_dict (moments carried over, LLR "
                         "state fresh)." if hasattr(self, "load_torch_state_dict") else "")
                 raise ValueError("this state_dict has no 'llr' entry: it was not saved by an LLR optimizer." + hint)
-            llr = llr_entry_from_layers(self, per_layer)
+            llr = llr_entry_from_layers(self, layer_entries)
         check_layers(llr, self.layers)
         state_dict["state"] = state
         super().load_state_dict(state_dict)
         self._restore_state_dtypes(state, params_of)
-        self.llr.load_state_dict(llr["policy"])
+        self.policy.load_state_dict(llr["policy"])
         self.llr_step = int(llr["step"])
-        self.hill_status = list(llr.get("hill_status") or ["not_measured"] * len(self.layers))
+        self.layer_status = list(llr.get("hill_status") or [STATUS_NOT_MEASURED] * len(self.layers))
         self.llr_update_seconds = float(llr.get("update_seconds", 0.0))
         self._on_state_loaded()
 

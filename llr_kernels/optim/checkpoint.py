@@ -1,4 +1,6 @@
-"""Checkpoints of LLR optimizers: the "llr" entry's layer check, and starting from a torch.optim.AdamW checkpoint.
+"""Checkpoints of LLR optimizers: the "llr" entry of ``state_dict()``, its layer check, and the per-layer entries
+that carry the same state through torch.distributed.checkpoint. (A torch.optim.AdamW checkpoint loads through
+``LLRAdamW.load_torch_state_dict``, ``optim/adamw.py``.)
 
 ``state_dict()["llr"]`` names every layer without wrapper levels (``wrappers.normalize_name``), so a checkpoint
 saved by an optimizer built on ``torch.compile(model)`` or ``DDP(model)`` loads into one built on the plain
@@ -13,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..layers import Layer
+from ..policies import policy_code, policy_name
+from ..spectral.rules import STATUS_CODES, STATUS_NOT_MEASURED
 from .wrappers import normalize_name
 
 if TYPE_CHECKING:
     from .base import LLROptimizer
 
 FORMAT = 3
-# torch.optim group keys that select torch's implementation, not hyperparameters: never copied into ours.
-_TORCH_IMPL_KEYS = frozenset({"params", "param_names", "foreach", "fused", "capturable", "differentiable"})
 
 
 def check_layers(saved: dict[str, Any], layers: list[Layer]) -> None:
@@ -67,87 +69,13 @@ def llr_entry(opt: "LLROptimizer") -> dict[str, Any]:
     }
 
 
-def load_torch_adamw(opt: "LLROptimizer", state_dict: dict[str, Any], llr_step: int | None = None) -> None:
-    """Load a ``torch.optim.AdamW`` (or Adam) state_dict into ``opt``, built on the same param groups.
-
-    Moments (exp_avg, exp_avg_sq, max_exp_avg_sq) and per-parameter step counters are carried over (moments in
-    ``opt``'s state dtype), group hyperparameters too (lr, betas, eps, weight_decay, ..., initial_lr of a
-    scheduler), as torch's load_state_dict does; the LLR state starts fresh (no alphas; multipliers 1, pinned
-    layers s) at ``llr_step`` (default: the checkpoint's largest step count, so grad_phase / active_until / the
-    interval keep counting training steps).
-    """
-    if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
-        raise ValueError("load_torch_state_dict expects a torch.optim state_dict (with 'state' and 'param_groups')")
-    if "llr" in state_dict:
-        raise ValueError("this is an LLR optimizer checkpoint (it has an 'llr' entry); load it with load_state_dict")
-    saved_groups = state_dict["param_groups"]
-    sizes_saved = [len(g["params"]) for g in saved_groups]
-    sizes_mine = [len(g["params"]) for g in opt.param_groups]
-    if sizes_saved != sizes_mine:
-        raise ValueError(
-            f"the torch optimizer checkpoint has param groups of sizes {sizes_saved}, this optimizer {sizes_mine}: "
-            "build it on the same param groups (same parameters in the same order) as the torch optimizer"
-        )
-    for i, (gs, g) in enumerate(zip(saved_groups, opt.param_groups)):
-        for j, (name, p) in enumerate(zip(gs.get("param_names") or [None] * len(g["params"]), g["params"])):
-            layer = opt.layers[opt.layer_of(p)]
-            if name is not None and normalize_name(name) not in {normalize_name(n) for n in [layer.name, *layer.aliases]}:
-                raise ValueError(f"parameter {j} of param group {i} is {name!r} in the torch checkpoint but "
-                                 f"{layer.name!r} here: build the optimizer on the same parameters in the same order "
-                                 "as the torch optimizer")
-    from .adamw import validate_adamw_args
-
-    merged = []  # group hyperparameters as torch's load_state_dict sets them: from the checkpoint
-    for i, (gs, g) in enumerate(zip(saved_groups, opt.param_groups)):
-        m = {**g, **{k: v for k, v in gs.items() if k not in _TORCH_IMPL_KEYS and (k in g or k == "initial_lr")}}
-        validate_adamw_args(m["lr"], m["betas"], m["eps"], m["weight_decay"], m["amsgrad"], m["maximize"],
-                            where=f"torch checkpoint, param group {i}: ")
-        merged.append(m)
-    new_state: dict[torch.Tensor, dict[str, Any]] = {}
-    steps = [0]
-    for gs, m in zip(saved_groups, merged):
-        for idx, p in zip(gs["params"], m["params"]):
-            st = state_dict["state"].get(idx)
-            if not st:
-                continue
-            missing = {"step", "exp_avg", "exp_avg_sq"} - st.keys()
-            if missing:
-                raise ValueError(f"parameter {idx} of the checkpoint has state {sorted(st)}, not AdamW's (missing "
-                                 f"{sorted(missing)}): load_torch_state_dict reads torch.optim.AdamW / Adam checkpoints")
-            if tuple(st["exp_avg"].shape) != tuple(p.shape):
-                raise ValueError(f"parameter {idx} has exp_avg of shape {tuple(st['exp_avg'].shape)} in the checkpoint "
-                                 f"but shape {tuple(p.shape)} here: the checkpoint belongs to another model")
-            sdt = opt.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
-            step = float(st["step"])
-            steps.append(int(step))
-            entry = {
-                "step": torch.tensor(step, dtype=torch.float32),
-                "exp_avg": st["exp_avg"].to(device=p.device, dtype=sdt, copy=True),
-                "exp_avg_sq": st["exp_avg_sq"].to(device=p.device, dtype=sdt, copy=True),
-            }
-            if m["amsgrad"]:
-                saved_max = st.get("max_exp_avg_sq")
-                entry["max_exp_avg_sq"] = (torch.zeros_like(entry["exp_avg_sq"]) if saved_max is None
-                                           else saved_max.to(device=p.device, dtype=sdt, copy=True))
-            new_state[p] = entry
-    for g, m in zip(opt.param_groups, merged):
-        g.update(m)
-    opt.state.clear()
-    opt.state.update(new_state)
-    opt.reset_llr(max(steps) if llr_step is None else int(llr_step))
-    opt._on_state_loaded()
-
-
 # ----- torch.distributed.checkpoint (DCP) -------------------------------------------------------------
 # DCP's get/set_optimizer_state_dict keep only "state" and "param_groups" of an optimizer's state_dict (state keyed
 # by parameter FQN and resharded under FSDP2), so the LLR state also travels per layer: in the state of the layer's
 # parameter, under PER_LAYER_KEY, as 0-d tensors and ints (DCP's flattened format takes nothing else). Each entry
 # also carries the values all layers share (step, last update, ...), so any one of them restores those.
 PER_LAYER_KEY = "llr"
-STATUS_CODES = ("not_measured", "vector", "no_grad", "ok", "ok_rank_deficient", "too_few_eigenvalues", "non_finite",
-                "zero_matrix", "rank_deficient", "flat_spectrum", "out_of_range", "outlier")
 _SOURCES = ("", "grad", "weight")
-POLICY_CODES = ("llr", "uniform", "blockwise", "rlrs")  # LayerwisePolicy.name, as an int in the per-layer entries
 
 
 def per_layer_entries(opt: "LLROptimizer") -> dict[int, dict[str, Any]]:
@@ -160,7 +88,7 @@ def per_layer_entries(opt: "LLROptimizer") -> dict[int, dict[str, Any]]:
         "last_source": _SOURCES.index(p.last_source or ""),
         "num_updates": int(p.num_updates),
         "update_seconds": float(opt.llr_update_seconds),
-        "policy": POLICY_CODES.index(p.name) if p.name in POLICY_CODES else -1,
+        "policy": policy_code(p.name),
     }
     out = {}
     for i in range(len(opt.layers)):
@@ -195,20 +123,20 @@ def llr_entry_from_layers(opt: "LLROptimizer", entries: dict[int, dict[str, Any]
     alphas, target, start = fresh.alphas.clone(), fresh.target.clone(), fresh.start.clone()
     wd_target, wd_start = fresh.wd_target.clone(), fresh.wd_start.clone()
     outliers = torch.zeros(len(opt.layers), dtype=torch.bool)
-    status = ["not_measured"] * len(opt.layers)
+    status = [STATUS_NOT_MEASURED] * len(opt.layers)
     for i, e in entries.items():
         alphas[i], target[i], start[i] = (float(e[k]) for k in ("alpha", "target", "start"))
         if "wd_target" in e:  # absent before weight-decay multipliers
             wd_target[i], wd_start[i] = float(e["wd_target"]), float(e["wd_start"])
         outliers[i] = bool(int(e["outlier"]))
         code = int(e["status"])
-        status[i] = STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else "not_measured"
+        status[i] = STATUS_CODES[code] if 0 <= code < len(STATUS_CODES) else STATUS_NOT_MEASURED
     last_update = int(first["last_update"])
-    policy_code = int(first.get("policy", 0))  # absent before the policy interface: LLR
+    code_of_policy = int(first.get("policy", 0))  # absent before the policy interface: LLR
     return {
         "format": FORMAT,
         "step": int(first["step"]),
-        "policy": {"policy": POLICY_CODES[policy_code] if 0 <= policy_code < len(POLICY_CODES) else "unknown",
+        "policy": {"policy": policy_name(code_of_policy),
                    "alphas": alphas, "target": target, "start": start, "wd_target": wd_target, "wd_start": wd_start,
                    "last_update": None if last_update < 0 else last_update,
                    "last_source": _SOURCES[int(first["last_source"])] or None,

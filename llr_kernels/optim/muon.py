@@ -13,7 +13,6 @@ so the state_dict looks like torch.optim.Muon's.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,38 +20,23 @@ import torch
 from torch import nn
 
 from .._checks import check_bool, check_choice, check_int, check_real
-from ..dispatch import BACKENDS, get_op, has_impl
+from ..ops.dispatch import BACKENDS, get_op, has_impl
 from ..layers import MATRIX_KINDS, Classifier, Layer
-from ..ops.custom_ops import muon_apply, muon_momentum
-from ..ops.newton_schulz import newton_schulz, resolve_coefficients
+from ..ops.custom_ops import muon_momentum
+from ..ops.muon.newton_schulz import newton_schulz, resolve_coefficients
 from ..policies import PolicyConfig
 from ..policies.llr import OUTLIER_Z, LLRConfig
 from ._dtensor import is_dtensor
-from .adamw import FusedAdamWPart, _Launch, validate_adamw_args, validate_step_options
+from ..ops.muon.naive import ADJUST_LR_FNS, adjust_lr_ratio
+from .base import LLROptimizer
+from .fused_adamw import FusedAdamWPart, _Launch, validate_adamw_args, validate_step_options
+from .muon_apply import ApplyLaunch, make_apply_launch, run_apply
 from .muon_split import SplitMuonStep
-from .spectral_ranks import _row_sharded, resolve_group
-from .base import (LLROptimizer, _normalize_groups, check_backend, check_model_args, classify_named, clip_all_grads,
-                   warn_unnamed)
+from .params import classify_named, clip_all_grads, default_state_dtype, normalize_groups, warn_unnamed
+from .spectral_split import _row_sharded, resolve_group
+from .validation import check_backend, check_model_args
 
-ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
 _ADAMW_NAMES = {"lr": "adamw_lr", "betas": "adamw_betas", "eps": "adamw_eps", "weight_decay": "adamw_weight_decay"}
-
-
-def adjust_lr_ratio(adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
-    """Muon's LR factor for a matrix of ``shape`` (rows, cols), with torch.optim.Muon's names.
-
-    "original" (default, Keller Jordan): sqrt(max(1, rows / cols)), so tall matrices keep the update's RMS.
-    "match_rms_adamw" (Moonshot, arXiv 2502.16982): 0.2 * sqrt(max(rows, cols)), which makes the update RMS
-    match AdamW's (~0.2), so Muon can reuse AdamW's LR and weight decay. "none": 1.
-    """
-    rows, cols = shape[0], shape[1]
-    if adjust_lr_fn is None or adjust_lr_fn == "original":
-        return math.sqrt(max(1.0, rows / cols))
-    if adjust_lr_fn == "match_rms_adamw":
-        return 0.2 * math.sqrt(max(rows, cols))
-    if adjust_lr_fn == "none":
-        return 1.0
-    raise ValueError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS} (or None = 'original'), got {adjust_lr_fn!r}")
 
 
 def muon_eligible(layer: Layer) -> bool:
@@ -77,24 +61,7 @@ class _MomentumLaunch:
     members: list[int]  # indices into _MuonPlan.params
     momentum: float
     nesterov: bool
-    backend: str  # the muon_momentum implementation (llr_kernels.dispatch)
-
-
-@dataclass
-class _ApplyLaunch:
-    """muon_apply over the Muon matrices of one device, with per-matrix decay / step-size buffers."""
-
-    params: list[torch.Tensor]
-    ortho_views: list[torch.Tensor]
-    group_index: torch.Tensor  # (N,) long on device
-    layer_index: torch.Tensor  # (N,) long on device
-    ratio: torch.Tensor  # (N,) float64 on device: adjust_lr_ratio of each matrix
-    multipliers: torch.Tensor  # (L,) float64 on device (LLROptimizer._multipliers_on)
-    wd_multipliers: torch.Tensor  # (L,) float64 on device (LLROptimizer._wd_multipliers_on)
-    decays: torch.Tensor  # (N,) 1 - lr_i * wd_i, computed on device every step
-    step_sizes: torch.Tensor  # (N,) lr_i * ratio_i
-    backend: str
-    filled: tuple | None = None  # eager mode: the host values the buffers were last computed from
+    backend: str  # the muon_momentum implementation (llr_kernels.ops.dispatch)
 
 
 @dataclass
@@ -105,7 +72,7 @@ class _MuonPlan:
     update_views: list[torch.Tensor]
     buckets: list[_Bucket]
     momentum_launches: list[_MomentumLaunch]
-    apply_launches: list[_ApplyLaunch]
+    apply_launches: list[ApplyLaunch]
 
 
 class LLRMuon(FusedAdamWPart, LLROptimizer):
@@ -141,7 +108,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         singular values are all ~1 by construction, so its alpha carries no information.
     max_grad_norm: clip the global norm of all gradients (Muon and AdamW parts together) before the step.
     state_dtype: momentum / Adam state dtype; default float32 (float64 for float64 params).
-    backend: "auto" | "triton" | "cpp" | "torch" for the elementwise ops (``llr_kernels.dispatch``);
+    backend: "auto" | "triton" | "cpp" | "torch" for the elementwise ops (``llr_kernels.ops.dispatch``);
         muon_backend overrides it for the Muon ops only (e.g. "triton" Muon with a "torch" AdamW part).
     capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
         so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
@@ -341,7 +308,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             by_key.setdefault(key, []).append(i)
         buckets = []
         for (device, dtype, shape, _, _), members in by_key.items():
-            sdt = self.state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+            sdt = default_state_dtype(self.state_dtype, dtype)
             mom = torch.zeros((len(members), *shape), dtype=sdt, device=device)
             upd = torch.empty((len(members), *shape), dtype=self.ns_dtype, device=device)
             ortho = torch.empty_like(upd)
@@ -364,22 +331,9 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                              for (device, mu, nest), m in launches.items()]
         apply_launches = []
         for device, members in by_device.items():
-            chosen, _ = get_op("muon_apply", backend, device)
-            buf_dtype = torch.float64 if chosen == "torch" else torch.float32
-            ratios = [adjust_lr_ratio(groups[i]["adjust_lr_fn"], self.layers[self.layer_of(params[i])].logical_shape)
-                      for i in members]  # logical (out, in) shapes: Hugging Face Conv1D weights are stored transposed
-            apply_launches.append(_ApplyLaunch(
-                params=[params[i] for i in members],
-                ortho_views=[ortho_views[i] for i in members],  # type: ignore[misc]
-                group_index=torch.tensor([active[i][0] for i in members], dtype=torch.long, device=device),
-                layer_index=torch.tensor([self.layer_of(params[i]) for i in members], dtype=torch.long, device=device),
-                ratio=torch.tensor(ratios, dtype=torch.float64, device=device),
-                multipliers=self._multipliers_on(device),
-                wd_multipliers=self._wd_multipliers_on(device),
-                decays=torch.zeros(len(members), dtype=buf_dtype, device=device),
-                step_sizes=torch.zeros(len(members), dtype=buf_dtype, device=device),
-                backend=chosen,
-            ))
+            a = make_apply_launch(self, [params[i] for i in members], [active[i][0] for i in members], device, backend)
+            a.ortho_views = [ortho_views[i] for i in members]  # type: ignore[misc]
+            apply_launches.append(a)
         self._muon_plan = _MuonPlan(
             params=params,
             negate=[bool(g["maximize"]) for g in groups],
@@ -391,18 +345,6 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         )
 
     # ----- the step ---------------------------------------------------------------------------------
-    def _fill_apply_buffers(self, a: _ApplyLaunch) -> None:
-        """decay_i = 1 - lr_i wd_i and step_i = lr_i ratio_i with lr_i = group lr x multiplier, on device (eager:
-        only when a group value or the multipliers changed)."""
-        values = self._group_lr_wd(a.decays.device, a.filled)
-        if values is None:
-            return
-        group_lr, group_wd, key = values
-        lr = group_lr[a.group_index] * a.multipliers[a.layer_index]
-        a.decays.copy_(1.0 - lr * group_wd[a.group_index] * a.wd_multipliers[a.layer_index])
-        a.step_sizes.copy_(lr * a.ratio)
-        a.filled = key
-
     def _muon_step(self) -> None:
         if self._muon_split is not None:
             self._muon_split.step()
@@ -424,8 +366,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             newton_schulz(b.updates, b.coefficients, b.steps, eps=b.eps, dtype=self.ns_dtype, out=b.ortho, overwrite_input=True)
         # 3. decoupled weight decay + update with each matrix's LR
         for a in plan.apply_launches:
-            self._fill_apply_buffers(a)
-            muon_apply(a.params, a.ortho_views, a.decays, a.step_sizes, self.capturable, a.backend)
+            run_apply(self, a, a.params, a.ortho_views)
 
     def _step_params(self) -> None:
         if self.max_grad_norm is not None and self._clip_params:
@@ -476,7 +417,7 @@ def _split_group(group: dict, eligible: Callable[[torch.Tensor], bool], adamw_lr
 def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | None, adamw_lr: float, adamw_wd: float) -> list[dict]:
     """Param groups with a "use_muon" flag each (``_split_group``), holding (name, tensor) pairs so names survive.
     A model or a flat list is one group without use_muon."""
-    groups, named, unnamed = _normalize_groups(params, model)
+    groups, named, unnamed = normalize_groups(params, model)
     warn_unnamed(unnamed, "LLRMuon")
     layers = classify_named(named, model if model is not None else (params if isinstance(params, nn.Module) else None), classify)
     eligible = {id(l.param) for l in layers if muon_eligible(l)}

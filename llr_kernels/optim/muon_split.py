@@ -1,15 +1,17 @@
 """LLRMuon's Muon step with each matrix orthogonalized on exactly one rank (FSDP2, and DDP when asked).
 
 Newton-Schulz needs whole matrices; the rest of Muon's step is elementwise. So, per step:
-1. momentum / Nesterov on each rank's own rows (FSDP2 shards; the whole matrix under DDP);
+1. momentum / Nesterov on each rank's own rows (FSDP2 shards; the whole matrix under DDP): the ``muon_momentum``
+   op, dispatched like the single-process step's;
 2. each Newton-Schulz input goes to its owner (FSDP2: ``dist.gather`` of the row shards; DDP: already there);
 3. every owner orthogonalizes its matrices, batched by shape, as a single process does;
 4. the results go back (FSDP2: ``dist.scatter`` of the rows; DDP: ``dist.broadcast`` of the matrix);
-5. decoupled weight decay and the update on each rank's own rows, with each matrix's LR.
-Owners come from ``spectral_ranks.assign_owners`` over the Newton-Schulz cost (m n min(m, n) per iteration),
-so the work is balanced and every rank computes the same assignment. This follows microsoft/dion's
-distributed Muon in spirit (one owner per matrix), with one collective per matrix instead of batched
-all-to-alls: simple and exact, not yet tuned (nothing here has run on more than CPU gloo ranks).
+5. decoupled weight decay and the update on each rank's own rows: the ``muon_apply`` op with each matrix's LR
+   computed on device (``muon_apply``).
+This module is stages 2-4; owners come from ``spectral_split.assign_owners`` over the Newton-Schulz cost
+(m n min(m, n) per iteration), so the work is balanced and every rank computes the same assignment. It follows
+microsoft/dion's distributed Muon in spirit (one owner per matrix), with one collective per matrix instead of
+batched all-to-alls: simple and exact, not yet tuned (nothing here has run on more than CPU gloo ranks).
 
 The momentum buffers have the parameters' layout (DTensors under FSDP2), so checkpoints (DCP) reshard them.
 """
@@ -20,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from ..ops.muon_torch import muon_apply_torch, muon_momentum_torch
-from ..ops.newton_schulz import newton_schulz
+from ..ops.custom_ops import muon_momentum
+from ..ops.dispatch import get_op
+from ..ops.muon.newton_schulz import newton_schulz
 from ._dtensor import local
-from .spectral_ranks import _comm_device, assign_owners, gather_to_owner
+from .muon_apply import make_apply_launch, run_apply
+from .params import default_state_dtype
+from .spectral_split import _comm_device, assign_owners, gather_to_owner
 
 if TYPE_CHECKING:
     from .muon import LLRMuon
@@ -57,8 +62,6 @@ class SplitMuonStep:
     """The Muon part of an LLRMuon step, split across the ranks of ``group`` (layout "dtensor" or "replicated")."""
 
     def __init__(self, opt: "LLRMuon", active: list[tuple[int, torch.Tensor]], group: Any, layout: str) -> None:
-        from .muon import adjust_lr_ratio
-
         if opt.capturable:
             raise NotImplementedError("LLRMuon with capturable=True cannot split Newton-Schulz across ranks (its "
                                       "collectives run per step on the host); use capturable=False under FSDP2/DDP")
@@ -68,16 +71,14 @@ class SplitMuonStep:
         self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self.last_orthogonalized = 0  # matrices this rank orthogonalized in the last step
         self.owners = assign_owners([ns_cost(tuple(p.shape)) for p in self.params], self.world)
-        self.ratios = [adjust_lr_ratio(opt.param_groups[gi]["adjust_lr_fn"], opt.layers[opt.layer_of(p)].logical_shape)
-                       for gi, p in active]
         device = local(self.params[0]).device if self.params else torch.device("cpu")
-        self.multipliers = opt._multipliers_on(device)  # written by the optimizer's host step
-        self.wd_multipliers = opt._wd_multipliers_on(device)
+        backend = opt.muon_backend or opt.backend
+        self.momentum_backend, _ = get_op("muon_momentum", backend, device)
+        self.apply = make_apply_launch(opt, self.params, self.group_index, device, backend)
         for p in self.params:
             st = opt.state[p]
-            if "momentum_buffer" not in st:
-                sdt = opt.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)
-                st["momentum_buffer"] = torch.zeros_like(p, dtype=sdt)  # a DTensor like p under FSDP2
+            if "momentum_buffer" not in st:  # a DTensor like p under FSDP2
+                st["momentum_buffer"] = torch.zeros_like(p, dtype=default_state_dtype(opt.state_dtype, p.dtype))
 
     def step(self) -> None:
         opt = self.opt
@@ -88,7 +89,8 @@ class SplitMuonStep:
             grad = -grad if g["maximize"] else grad
             buf = local(opt.state[p]["momentum_buffer"])
             u = torch.empty(buf.shape, dtype=opt.ns_dtype, device=buf.device)
-            muon_momentum_torch([grad.contiguous()], [buf], [u], momentum=float(g["momentum"]), nesterov=bool(g["nesterov"]))
+            muon_momentum([grad.contiguous()], [buf], [u], float(g["momentum"]), bool(g["nesterov"]),
+                          self.momentum_backend)
             inputs.append(u)
         whole: dict[int, torch.Tensor] = {}  # 2. whole inputs on their owners
         for i, (p, u) in enumerate(zip(self.params, inputs)):
@@ -111,17 +113,13 @@ class SplitMuonStep:
                                 dtype=opt.ns_dtype)
             for j, i in enumerate(members):
                 ortho[i] = out[j]
-        mult, wd_mult = self.multipliers.tolist(), self.wd_multipliers.tolist()  # 4. results back, 5. own rows' update
-        for i, (gi, p) in enumerate(zip(self.group_index, self.params)):
+        back = []  # 4. results back to every rank's rows
+        for i, p in enumerate(self.params):
             if self.layout == "dtensor":
                 o = scatter_rows(ortho.get(i), p, inputs[i].dtype, self.owners[i], self.group)
             else:
                 o = ortho[i] if i in ortho else torch.empty_like(inputs[i])
                 o = o.contiguous()
                 dist.broadcast(o, src=dist.get_global_rank(self.group, self.owners[i]), group=self.group)
-            g = opt.param_groups[gi]
-            lr = float(g["lr"]) * mult[opt.layer_of(p)]
-            decays = torch.tensor([1.0 - lr * float(g["weight_decay"]) * wd_mult[opt.layer_of(p)]], dtype=torch.float64)
-            steps = torch.tensor([lr * self.ratios[i]], dtype=torch.float64)
-            muon_apply_torch([local(p)], [o.to(local(p).device)], decays, steps)
-
+            back.append(o.to(local(p).device))
+        run_apply(opt, self.apply, [local(p) for p in self.params], back)  # 5. each matrix's LR, on device

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from .base import LayerwisePolicy, PolicyConfig
+from .base import LayerwisePolicy, PolicyConfig, policy_code, policy_name, register_policy
 from .blocks import BLOCKS, block_of, blocks_of
 from .fixed import BlockwiseConfig, BlockwisePolicy, UniformConfig, UniformPolicy
 from .llr import FITS, METRICS, LLRConfig, LLRPolicy, robust_outliers
@@ -79,5 +79,5 @@ __all__ = [
     "BLOCKS", "FITS", "MAPS", "METRICS", "PRESETS", "ALPHADECAY_WD_RANGE", "RLRS_END", "RLRS_START",
     "SHARPNESS_RATIOS", "BlockwiseConfig", "BlockwisePolicy", "LLRConfig", "LLRPolicy", "LayerwisePolicy",
     "PolicyConfig", "RLRSConfig", "RLRSPolicy", "UniformConfig", "UniformPolicy", "block_of", "blocks_of",
-    "llr_multipliers", "map_values", "resolve_policy", "robust_outliers",
+    "llr_multipliers", "map_values", "policy_code", "policy_name", "register_policy", "resolve_policy", "robust_outliers",
 ]

@@ -45,6 +45,34 @@ class PolicyConfig:
         return self.policy_class(self, len(layers), torch.zeros(len(layers), dtype=torch.bool), list(layers))
 
 
+_REGISTRY: dict[str, tuple[int, type]] = {}  # policy name -> (checkpoint code, class)
+
+
+def register_policy(code: int):
+    """Class decorator: make a LayerwisePolicy subclass known by its ``name``, with the integer ``code`` that
+    checkpoints store for it (torch.distributed.checkpoint entries hold ints, not strings). Codes are forever:
+    a new policy takes a new one."""
+
+    def deco(cls: type) -> type:
+        taken = {c: n for n, (c, _) in _REGISTRY.items()}
+        if taken.get(code, cls.name) != cls.name:
+            raise ValueError(f"policy code {code} is taken by {taken[code]!r}")
+        _REGISTRY[cls.name] = (code, cls)
+        return cls
+
+    return deco
+
+
+def policy_code(name: str) -> int:
+    """The checkpoint code of a registered policy name, -1 for an unknown one."""
+    return _REGISTRY[name][0] if name in _REGISTRY else -1
+
+
+def policy_name(code: int) -> str:
+    """The policy name of a checkpoint code ("unknown" when no registered policy has it)."""
+    return next((n for n, (c, _) in _REGISTRY.items() if c == code), "unknown")
+
+
 class LayerwisePolicy:
     """Per-layer multiplier state with a ramp and a resumable state_dict; subclasses decide the targets.
 

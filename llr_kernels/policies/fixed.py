@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_real
-from .base import LayerwisePolicy, PolicyConfig
+from .base import LayerwisePolicy, PolicyConfig, register_policy
 from .blocks import blocks_of, check_block_table
 
 
@@ -28,6 +28,7 @@ class UniformConfig(PolicyConfig):
 
 
 
+@register_policy(code=1)
 class UniformPolicy(LayerwisePolicy):
     name = "uniform"
     config: UniformConfig
@@ -50,6 +51,7 @@ class BlockwiseConfig(PolicyConfig):
 
 
 
+@register_policy(code=2)
 class BlockwisePolicy(LayerwisePolicy):
     name = "blockwise"
     config: BlockwiseConfig

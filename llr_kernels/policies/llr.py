@@ -21,7 +21,7 @@ from .._checks import check_bool, check_choice, check_int, check_real
 from ..layers import Layer
 from ..spectral.fits import FIT_METHODS
 from ..spectral.metrics import METRICS as SPECTRAL_METRICS
-from .base import LayerwisePolicy, PolicyConfig
+from .base import LayerwisePolicy, PolicyConfig, register_policy
 from .maps import MAPS, llr_multipliers, map_values
 
 METRICS = SPECTRAL_METRICS + ("grad_norm",)  # what a layer's LR can follow (the paper's Fig. 7 ablation)
@@ -141,6 +141,7 @@ def pinned_of(layers: Sequence[Layer], config: LLRConfig) -> torch.Tensor:
     )
 
 
+@register_policy(code=0)
 class LLRPolicy(LayerwisePolicy):
     """Algorithm 1's schedule and the multiplier state of every layer, with a resumable state_dict.
 

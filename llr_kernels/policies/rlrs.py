@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_choice, check_int, check_real
-from .base import LayerwisePolicy, PolicyConfig
+from .base import LayerwisePolicy, PolicyConfig, register_policy
 from .blocks import blocks_of, check_block_table
 
 CURVES = ("paper", "linear", "cosine")
@@ -51,6 +51,7 @@ class RLRSConfig(PolicyConfig):
 
 
 
+@register_policy(code=3)
 class RLRSPolicy(LayerwisePolicy):
     name = "rlrs"
     config: RLRSConfig

@@ -49,7 +49,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .hill import VARIANTS, ZERO_REL, hill_params
+from .rules import VARIANTS, ZERO_REL, hill_params
 
 FIT_METHODS = ("median", "ks", "fix_finger")
 DEFAULT_MIN_TAIL = 10  # smallest tail a "ks" / "fix_finger" candidate may have (module docstring)

@@ -5,7 +5,7 @@ the short side (``esd.batched_eigenvalues``): the squared singular values, float
 WeightWatcher (``apply_norm_metrics``) and TempBalance (``net_esd_estimator``), which agree:
 
 * "alpha": PL_Alpha_Hill of the chosen ``fit`` (``fits`` module): "median" is paper Eq. 2 computed by
-  ``hill.hill_row`` itself, so it equals ``hill_alpha(method="exact")`` with the same statuses; "ks" and
+  ``reference.hill_row`` itself, so it equals ``hill_alpha(method="exact")`` with the same statuses; "ks" and
   "fix_finger" apply the same status rules (too few, non-finite, zero, rank below min_eigs, flat, > alpha_max).
 * "alpha_hat": alpha x log10(l_max) (WeightWatcher's alpha_weighted, TempBalance's alphahat). Scale-dependent:
   negative when sigma_max < 1. Status: alpha's.
@@ -23,7 +23,7 @@ WeightWatcher (``apply_norm_metrics``) and TempBalance (``net_esd_estimator``), 
   sense: 0 ln 0 = 0 (numpy's gives NaN), and the rank tolerance is computed on eigenvalues of the Gram,
   sigma_max^2 max((N eps)^2, n eps_64), since the Gram eigensolver cannot resolve l below n eps_64 l_max.
 
-Statuses per metric and matrix (strings of ``hill.py``): "ok" (and "ok_rank_deficient" from Eq. 2);
+Statuses per metric and matrix (strings of ``rules``): "ok" (and "ok_rank_deficient" from Eq. 2);
 "too_few_eigenvalues" (alpha, alpha_hat: n < min_eigs; min_eigs does not apply to the norms); "non_finite"
 (every metric NaN); "zero_matrix" (spectral_norm and frobenius_norm are 0, the other metrics NaN);
 "rank_deficient", "flat_spectrum", "out_of_range" (alpha, alpha_hat; see ``hill.py``).
@@ -38,19 +38,19 @@ import torch
 
 from .esd import scaled_eigenvalues
 from .fits import DEFAULT_MIN_TAIL, FIT_METHODS, check_fit_args, fit_power_law
-from .hill import (
+from .reference import hill_row
+from .rules import (
     DEFAULT_ALPHA_MAX,
     DEFAULT_MIN_EIGS,
+    STATUS_FLAT,
     STATUS_NON_FINITE,
     STATUS_OK,
     STATUS_RANK_DEFICIENT,
     STATUS_TOO_FEW,
     STATUS_ZERO,
-    STATUS_FLAT,
     as_matrix,
     check_args,
     decide,
-    hill_row,
     noise_level,
     zero_floor,
 )

@@ -203,7 +203,7 @@ def with_torch_fallback(kernel, params, grads, exp_avgs, exp_avg_sqs, max_exp_av
                         max_grad_norm, inv_scale, found_inf, capturable=False, **kw) -> Tensor | None:
     """Tensors the fused ``kernel`` has no variant for (fp64, or grads/state of other dtypes) go through the torch
     reference; the rest through ``kernel``, with one shared clip factor."""
-    from .adamw_torch import adamw_step_torch, clip_coefficient, global_grad_norm
+    from .naive import adamw_step_torch, clip_coefficient, global_grad_norm
 
     ok = [kernel_supports(p, g, m) for p, g, m in zip(params, grads, exp_avgs)]
     idx_ref = [i for i in range(len(params)) if not ok[i]]

@@ -4,7 +4,7 @@ Muon's step for matrix i is
 
     buf_i  = lerp(buf_i, g_i, 1 - mu)                   momentum (an EMA, as torch.optim.Muon)
     u_i    = lerp(g_i, buf_i, mu)  if nesterov else buf_i
-    O_i    = NewtonSchulz(u_i)                          (llr_kernels.ops.newton_schulz, batched per shape)
+    O_i    = NewtonSchulz(u_i)                          (llr_kernels.ops.muon.newton_schulz, batched per shape)
     p_i    = p_i * decay_i - step_i * O_i               decay_i = 1 - lr_i * wd_i, step_i = lr_i * adjust(shape_i)
 
 ``muon_momentum`` is the first two lines (it also writes u_i, cast to the Newton-Schulz dtype, into the
@@ -15,6 +15,8 @@ operation for operation, so with fp32 tensors it reproduces it bit for bit given
 output (torch.optim.Muon rounds bf16 params twice per step, this op once).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -73,3 +75,21 @@ def muon_apply_torch(params: list[Tensor], updates: list[Tensor], decays: Tensor
         p32.add_(u, alpha=-s)
         if low:
             p.copy_(p32)
+
+
+ADJUST_LR_FNS = ("original", "match_rms_adamw", "none")
+def adjust_lr_ratio(adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
+    """Muon's LR factor for a matrix of ``shape`` (rows, cols), with torch.optim.Muon's names.
+
+    "original" (default, Keller Jordan): sqrt(max(1, rows / cols)), so tall matrices keep the update's RMS.
+    "match_rms_adamw" (Moonshot, arXiv 2502.16982): 0.2 * sqrt(max(rows, cols)), which makes the update RMS
+    match AdamW's (~0.2), so Muon can reuse AdamW's LR and weight decay. "none": 1.
+    """
+    rows, cols = shape[0], shape[1]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return math.sqrt(max(1.0, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    if adjust_lr_fn == "none":
+        return 1.0
+    raise ValueError(f"adjust_lr_fn must be one of {ADJUST_LR_FNS} (or None = 'original'), got {adjust_lr_fn!r}")

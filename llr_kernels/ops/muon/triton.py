@@ -24,8 +24,9 @@ import triton.language as tl
 from torch import Tensor
 
 from ..dispatch import triton_interpreted
-from ..kernel_variants import Variant
-from .muon_torch import muon_apply_torch, muon_momentum_torch
+from ..triton_utils import cast_rne
+from ..variants import Variant
+from .naive import muon_apply_torch, muon_momentum_torch
 
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float64: tl.float64}
 # The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles).
@@ -53,19 +54,6 @@ def _lerp(a, b, w):
     return r
 
 
-@triton.jit
-def _cast(x, T: tl.constexpr, MANUAL_RTNE: tl.constexpr):
-    # The interpreter truncates fp32 -> bf16; compiled Triton rounds to nearest even. Round by hand there so
-    # CPU tests see the same bits as torch (and as the GPU).
-    if MANUAL_RTNE and T == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-        hi = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return tl.where(x != x, x.to(tl.bfloat16), hi)
-    else:
-        return x.to(T)
-
-
 @triton.jit(do_not_specialize=["nesterov"])
 def _muon_momentum_kernel(
     work_ptr, meta_ptr, mu, one_minus_mu, nesterov,
@@ -87,12 +75,12 @@ def _muon_momentum_kernel(
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         m = _lerp(m, g, one_minus_mu)
-        m_st = _cast(m, M_T, RTNE)
+        m_st = cast_rne(m, M_T, RTNE)
         tl.store(m_ptr + offs, m_st, mask=mask)
         u = m_st.to(tl.float32)
         if nesterov != 0:
             u = _lerp(g, u, mu)
-        tl.store(u_ptr + offs, _cast(u, U_T, RTNE), mask=mask)
+        tl.store(u_ptr + offs, cast_rne(u, U_T, RTNE), mask=mask)
 
 
 @triton.jit
@@ -116,7 +104,7 @@ def _muon_apply_kernel(
         p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         p = tl.fma(u, tl.zeros_like(u) - step, p * decay)  # as torch: p.mul_(decay).add_(u, alpha=-step)
-        tl.store(p_ptr + offs, _cast(p, P_T, RTNE), mask=mask)
+        tl.store(p_ptr + offs, cast_rne(p, P_T, RTNE), mask=mask)
 
 
 _MOMENTUM_SIGNATURE = {"work_ptr": "*i64", "meta_ptr": "*i64", "mu": "fp32", "one_minus_mu": "fp32", "nesterov": "i32"}
@@ -142,7 +130,7 @@ def _apply_supported(pd: torch.dtype, ud: torch.dtype) -> bool:
 
 
 def launch_variants(interpreted: bool = False) -> list[Variant]:
-    """Every compilation the wrappers can launch (see llr_kernels/kernel_variants.py)."""
+    """Every compilation the wrappers can launch (see llr_kernels/ops/variants.py)."""
     out = [Variant(_muon_momentum_kernel, _MOMENTUM_SIGNATURE, _momentum_constexprs(gd, md, ud, interpreted), NUM_WARPS)
            for gd in PARAM_DTYPES for md in BUFFER_DTYPES for ud in MOMENTUM_OUT_DTYPES]
     out += [Variant(_muon_apply_kernel, _APPLY_SIGNATURE, _apply_constexprs(pd, ud, interpreted), NUM_WARPS)
@@ -150,7 +138,7 @@ def launch_variants(interpreted: bool = False) -> list[Variant]:
     return out
 
 
-JIT_HELPERS = (_lerp, _cast)
+JIT_HELPERS = (_lerp,)
 
 
 def _check(name: str, tensors: list[list[Tensor]], n: int) -> torch.device:

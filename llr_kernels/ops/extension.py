@@ -31,7 +31,7 @@ from types import ModuleType
 
 import torch
 
-_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")  # package data: installed with the package
+_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")  # llr_kernels/csrc: package data
 _NAME = "llr_kernels_C"
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -246,6 +246,14 @@ def load_extension() -> ModuleType | None:
                 stacklevel=3,
             )
     return _module
+
+
+def require(device: torch.device | str = "cpu") -> ModuleType:
+    """The extension module for the "cpp" ops; RuntimeError saying why when it cannot be had."""
+    mod = load_extension()
+    if mod is None:
+        raise RuntimeError(f"backend='cpp' is unavailable: {unavailable_reason(torch.device(device))}")
+    return mod
 
 
 def unavailable_reason(device: torch.device) -> str | None:

@@ -8,9 +8,9 @@ the full, exactly symmetric Gram. Transposition (n = number of columns) is only 
 Matrices of different dtypes go in separate launches (one per dtype: the element type is compile time).
 
 TF32 (``precision="tf32"``, GPU only; the interpreter computes fp32) rounds both operands to a 10-bit
-mantissa: exact for bf16/fp16 inputs, not for float32 ones (emulated on CPU: ``gram_torch.tf32_round``; on an
+mantissa: exact for bf16/fp16 inputs, not for float32 ones (emulated on CPU: ``ops.gram.naive.tf32_round``; on an
 H200 a TF32 Gram moved a heavy-tailed float32 4096 x 4096 matrix's alpha from 1.74 to 2.09). SLQ uses it by
-default for bf16/fp16 matrices only (``fast.gram_precision``); the exact path never does.
+default for bf16/fp16 matrices only (``spectral.slq.gram_precision``); the exact path never does.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpreted
-from ..kernel_variants import Variant
+from ..variants import Variant
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 PRECISIONS = ("ieee", "tf32")
@@ -97,7 +97,7 @@ def _constexprs(dtype: torch.dtype, block: int, block_k: int, precision: str, in
 
 
 def launch_variants(interpreted: bool = False) -> list[Variant]:
-    """Every compilation gram_batch_triton can launch (see llr_kernels/kernel_variants.py)."""
+    """Every compilation gram_batch_triton can launch (see llr_kernels/ops/variants.py)."""
     return [Variant(_gram_tiles_kernel, _SIGNATURE, _constexprs(dt, blk, bk, prec, interpreted), warps,
                     default=(blk, bk) == DEFAULT_TILE)
             for dt in _TL_DTYPES for (blk, bk), warps in TILE_CONFIGS.items() for prec in PRECISIONS]

@@ -1,4 +1,4 @@
-"""The LLR update split across ranks: each rank measures only its share of the layers, then all ranks share the
+"""The LLR update split across processes (ranks of a process group, not matrix ranks): each rank measures only its share of the layers, then all ranks share the
 alphas, so every rank holds the same multipliers and the update's wall time falls with the world size.
 
 Which group splits the work (``spectral_group`` of the optimizers):
@@ -29,9 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# status codes for the all-reduce of statuses (index + 1; 0 = measured elsewhere)
+from ..spectral.rules import STATUS_CODES  # statuses travel as index + 1 in the all-reduce (0: measured elsewhere)
 from ._dtensor import is_dtensor
-from .checkpoint import STATUS_CODES
 
 
 def measure_cost(shape: tuple[int, ...]) -> float:

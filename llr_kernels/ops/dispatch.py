@@ -19,49 +19,49 @@ BACKENDS = ("auto", "triton", "cpp", "torch")
 # op -> backend -> "module:function". Kernel modules add their entries here, nowhere else.
 _OPS: dict[str, dict[str, str]] = {
     "adamw_step": {
-        "torch": "llr_kernels.ops.adamw_torch:adamw_step_torch",
-        "triton": "llr_kernels.ops.adamw_triton:adamw_step_triton",
-        "cpp": "llr_kernels.ops.adamw_cpp:adamw_step_cpp",
+        "torch": "llr_kernels.ops.adamw.naive:adamw_step_torch",
+        "triton": "llr_kernels.ops.adamw.triton:adamw_step_triton",
+        "cpp": "llr_kernels.ops.adamw.cpp:adamw_step_cpp",
     },
-    # Muon (issue: LLRMuon); see llr_kernels/ops/muon_torch.py for the contract
+    # Muon (issue: LLRMuon); see llr_kernels/ops/muon/naive.py for the contract
     "muon_momentum": {
-        "torch": "llr_kernels.ops.muon_torch:muon_momentum_torch",
-        "triton": "llr_kernels.ops.muon_triton:muon_momentum_triton",
+        "torch": "llr_kernels.ops.muon.naive:muon_momentum_torch",
+        "triton": "llr_kernels.ops.muon.triton:muon_momentum_triton",
     },
     "muon_apply": {
-        "torch": "llr_kernels.ops.muon_torch:muon_apply_torch",
-        "triton": "llr_kernels.ops.muon_triton:muon_apply_triton",
+        "torch": "llr_kernels.ops.muon.naive:muon_apply_torch",
+        "triton": "llr_kernels.ops.muon.triton:muon_apply_triton",
     },
     "newton_schulz": {
-        "torch": "llr_kernels.ops.newton_schulz:newton_schulz",
+        "torch": "llr_kernels.ops.muon.newton_schulz:newton_schulz",
     },
-    # spectral (issue: spectral kernels); see llr_kernels/spectral/fast.py
+    # spectral: used by llr_kernels/spectral (exact, slq)
     "gram": {
-        "torch": "llr_kernels.spectral.gram_torch:gram_batch_torch",
-        "triton": "llr_kernels.spectral.gram_triton:gram_batch_triton",
+        "torch": "llr_kernels.ops.gram.naive:gram_batch_torch",
+        "triton": "llr_kernels.ops.gram.triton:gram_batch_triton",
     },
     "hill_eigs": {
-        "torch": "llr_kernels.spectral.hill_torch:hill_eigs_torch",
-        "triton": "llr_kernels.spectral.hill_triton:hill_eigs_triton",
+        "torch": "llr_kernels.ops.hill.naive:hill_eigs_torch",
+        "triton": "llr_kernels.ops.hill.triton:hill_eigs_triton",
     },
     "hill_nodes": {
-        "torch": "llr_kernels.spectral.lanczos:slq_hill_torch",
-        "triton": "llr_kernels.spectral.hill_triton:hill_nodes_triton",
+        "torch": "llr_kernels.ops.hill.naive:slq_hill_torch",
+        "triton": "llr_kernels.ops.hill.triton:hill_nodes_triton",
     },
     "lanczos": {
-        "torch": "llr_kernels.spectral.lanczos:lanczos_torch",
+        "torch": "llr_kernels.ops.lanczos.naive:lanczos_torch",
     },
     "tridiag_eig": {
-        "torch": "llr_kernels.spectral.lanczos:tridiag_eig_torch",
-        "cpp": "llr_kernels.spectral.tridiag_cpp:tridiag_eig_cpp",
+        "torch": "llr_kernels.ops.eig.naive:tridiag_eig_torch",
+        "cpp": "llr_kernels.ops.eig.cpp:tridiag_eig_cpp",
     },
     "gram_eigvalsh": {
-        "torch": "llr_kernels.spectral.gram_torch:gram_eigvalsh_torch",
-        "cpp": "llr_kernels.spectral.tridiag_cpp:gram_eigvalsh_cpp",
+        "torch": "llr_kernels.ops.eig.naive:gram_eigvalsh_torch",
+        "cpp": "llr_kernels.ops.eig.cpp:gram_eigvalsh_cpp",
     },
     "eigvalsh": {
-        "torch": "llr_kernels.spectral.gram_torch:eigvalsh_batch_torch",
-        "cpp": "llr_kernels.spectral.tridiag_cpp:eigvalsh_cpp",
+        "torch": "llr_kernels.ops.eig.naive:eigvalsh_batch_torch",
+        "cpp": "llr_kernels.ops.eig.cpp:eigvalsh_cpp",
     },
 }
 
@@ -104,7 +104,7 @@ def unavailable_reason(backend: str, device: torch.device) -> str | None:
             return f"Triton kernels need a CUDA device (got {device.type}); set TRITON_INTERPRET=1 to run them on CPU"
         return None
     if backend == "cpp":
-        from . import _ext
+        from . import extension as _ext
 
         return _ext.unavailable_reason(device)
     return f"unknown backend {backend!r}; choose one of {BACKENDS}"

@@ -1,10 +1,10 @@
 """Multi-tensor AdamW step with one learning rate per tensor, in Triton: one launch per dtype bucket.
 
-Same arguments and semantics as :func:`llr_kernels.ops.adamw_torch.adamw_step_torch`, without host syncs:
+Same arguments and semantics as :func:`llr_kernels.ops.adamw.naive.adamw_step_torch`, without host syncs:
 the LRs, weight decays, step counters, ``inv_scale``, ``found_inf`` and the clip factor are read on device,
 so the LR buffer can change between steps (or inside a CUDA graph) at no cost.
 
-How it works: the tensors are described by cached device tables (see ``_work_table``): one program per
+How it works: the tensors are described by cached device tables (see ``work_table``): one program per
 (tensor, chunk of ``CHUNK`` elements) row. A program reads its tensor's addresses, LR, weight decay and step
 counter, computes the bias corrections in fp32, and streams its chunk in ``BLOCK``-element pieces (unmasked
 full blocks, then one masked tail, so that aligned tensors get vector loads). The step counter of a tensor is
@@ -21,22 +21,23 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..kernel_variants import Variant
-from . import _work_table as wt
-from ._work_table import PARAM_DTYPES, STATE_DTYPES, kernel_supports, with_torch_fallback
+from ..dispatch import triton_interpreted
+from ..triton_utils import cast_rne
+from ..variants import Variant
+from . import work_table as wt
+from .work_table import PARAM_DTYPES, STATE_DTYPES, kernel_supports, with_torch_fallback
 
 CHUNK = 32768  # elements per program
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRETED = triton_interpreted()
 
 # The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles):
-# PARAM_DTYPES x STATE_DTYPES (see _work_table); other dtypes go through the torch reference.
+# PARAM_DTYPES x STATE_DTYPES (see work_table); other dtypes go through the torch reference.
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -57,18 +58,6 @@ def _one_minus_pow(log_beta, step):
     x = step * log_beta
     series = -x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))))
     return tl.where(x > -0.1, series, 1.0 - tl.exp(x))
-
-
-@triton.jit
-def _cast_out(x, DT: tl.constexpr, MANUAL_RTNE: tl.constexpr):
-    """fp32 -> DT, rounding to nearest even. The interpreter truncates fp32 -> bf16, so there the rounding is
-    done by hand (MANUAL_RTNE); compiled kernels round natively."""
-    if MANUAL_RTNE:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return x.to(DT)
 
 
 @triton.jit
@@ -98,19 +87,19 @@ def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, x_ptr, offs, n, decay, w1, beta2, w
             vmax = tl.load(x_ptr + offs).to(tl.float32)
         vh = tl.maximum(vmax, v)
         if MASKED:
-            tl.store(x_ptr + offs, _cast_out(vh, S_DT, S_RTNE), mask=mask)
+            tl.store(x_ptr + offs, cast_rne(vh, S_DT, S_RTNE), mask=mask)
         else:
-            tl.store(x_ptr + offs, _cast_out(vh, S_DT, S_RTNE))
+            tl.store(x_ptr + offs, cast_rne(vh, S_DT, S_RTNE))
     denom = tl.sqrt_rn(vh) / bc2_sqrt + eps
     p = p - step_size * (m / denom)
     if MASKED:
-        tl.store(p_ptr + offs, _cast_out(p, P_DT, P_RTNE), mask=mask)
-        tl.store(m_ptr + offs, _cast_out(m, S_DT, S_RTNE), mask=mask)
-        tl.store(v_ptr + offs, _cast_out(v, S_DT, S_RTNE), mask=mask)
+        tl.store(p_ptr + offs, cast_rne(p, P_DT, P_RTNE), mask=mask)
+        tl.store(m_ptr + offs, cast_rne(m, S_DT, S_RTNE), mask=mask)
+        tl.store(v_ptr + offs, cast_rne(v, S_DT, S_RTNE), mask=mask)
     else:
-        tl.store(p_ptr + offs, _cast_out(p, P_DT, P_RTNE))
-        tl.store(m_ptr + offs, _cast_out(m, S_DT, S_RTNE))
-        tl.store(v_ptr + offs, _cast_out(v, S_DT, S_RTNE))
+        tl.store(p_ptr + offs, cast_rne(p, P_DT, P_RTNE))
+        tl.store(m_ptr + offs, cast_rne(m, S_DT, S_RTNE))
+        tl.store(v_ptr + offs, cast_rne(v, S_DT, S_RTNE))
 
 
 @triton.jit(do_not_specialize=["has_scale", "has_inf", "has_clip"])
@@ -233,7 +222,7 @@ def _sumsq_constexprs(grad_dtype: torch.dtype, aligned: bool, chunk: int, interp
 
 
 def launch_variants(interpreted: bool = False) -> list[Variant]:
-    """Every compilation the wrappers can launch (see llr_kernels/kernel_variants.py)."""
+    """Every compilation the wrappers can launch (see llr_kernels/ops/variants.py)."""
     out = []
     for pdt, sdt, amsgrad, aligned in itertools.product(PARAM_DTYPES, STATE_DTYPES, (False, True), (False, True)):
         ce, warps = _step_constexprs(pdt, sdt, amsgrad, aligned, interpreted)
@@ -244,7 +233,7 @@ def launch_variants(interpreted: bool = False) -> list[Variant]:
     return out
 
 
-JIT_HELPERS = (_one_minus_pow, _cast_out, _adamw_block)
+JIT_HELPERS = (_one_minus_pow, _adamw_block)
 
 
 def grad_sumsq(plan: wt.Plan, chunk: int = CHUNK) -> Tensor:

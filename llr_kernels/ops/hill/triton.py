@@ -18,9 +18,8 @@ import triton
 import triton.language as tl
 
 from ..dispatch import triton_interpreted
-from ..kernel_variants import Variant
-from .hill_torch import hill_eigs_torch  # noqa: F401 - the reference lives beside the kernel
-from .lanczos import node_cells
+from ..variants import Variant
+from .naive import node_cells
 
 # The launch tables (read by the wrappers and by launch_variants, which scripts/compile_check.py compiles).
 EIG_DTYPES = (torch.float32, torch.float64)  # eigenvalue rows as given; other dtypes are read as fp32
@@ -140,7 +139,7 @@ _NODES_SIGNATURE = {
 
 
 def launch_variants(interpreted: bool = False) -> list[Variant]:
-    """Every compilation the wrappers can launch (see llr_kernels/kernel_variants.py)."""
+    """Every compilation the wrappers can launch (see llr_kernels/ops/variants.py)."""
     out = [Variant(_hill_eigs_kernel, {"e_ptr": _TL_PTR[dt], **_EIGS_SIGNATURE}, {"BLOCK": EIGS_BLOCK}, EIGS_WARPS,
                    note=f"e={_TL_PTR[dt][1:]}") for dt in EIG_DTYPES]
     block, top = MIN_BLOCK, nodes_max_block(interpreted)

@@ -1,28 +1,21 @@
 """Multi-tensor AdamW step with one learning rate per tensor, through the C++/CUDA extension (csrc/adamw_*).
 
-Same arguments and semantics as :func:`llr_kernels.ops.adamw_torch.adamw_step_torch`. On CPU the C++ op
+Same arguments and semantics as :func:`llr_kernels.ops.adamw.naive.adamw_step_torch`. On CPU the C++ op
 steps every tensor in one pass per element with vector code chosen for the CPU at run time, each thread taking
 one contiguous range of all the tensors' elements (it reads lrs / steps / found_inf directly: there is no host
 sync on CPU). On CUDA it launches one kernel per dtype bucket over the same cached work
-tables as the Triton path (``_work_table``), with every scalar read on device.
+tables as the Triton path (``work_table``), with every scalar read on device.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from . import _work_table as wt
+from .. import extension
+from . import work_table as wt
 
 CUDA_CHUNK = 32768
 
-
-def _ext():
-    from .. import _ext
-
-    mod = _ext.load_extension()
-    if mod is None:
-        raise RuntimeError(f"backend='cpp' is unavailable: {_ext.unavailable_reason(torch.device('cpu'))}")
-    return mod
 
 
 def adamw_step_cpp(
@@ -47,7 +40,7 @@ def adamw_step_cpp(
 ) -> Tensor | None:
     """Step every tensor in place with its own LR (see adamw_torch); returns the global grad norm when clipping.
     ``capturable`` changes nothing: the CUDA kernel reads every scalar on device, and on CPU the host is the device."""
-    mod = _ext()
+    mod = extension.require(params[0].device if params else "cpu")
     n = len(params)
     if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n == lrs.numel() == weight_decays.numel()
             == steps.numel()):

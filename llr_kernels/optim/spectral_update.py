@@ -1,0 +1,141 @@
+"""The LLR update of an optimizer: measure every layer's metric (alpha), hand the values to the policy, say which
+layers could not be used. Under FSDP2 / DDP each matrix is measured by one rank (``spectral_split``)."""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+
+from ..spectral import hill_alpha, measure
+from ..spectral.rules import (
+    OK_STATUSES,
+    STATUS_INACTIVE,
+    STATUS_NO_GRAD,
+    STATUS_OUTLIER,
+    STATUS_VECTOR,
+)
+from ._dtensor import full
+from .params import caller_stacklevel
+from .spectral_split import assign_owners, gather_to_owner, measure_cost, resolve_group, share_results
+
+if TYPE_CHECKING:
+    from .base import LLROptimizer
+
+# Statuses of matrix layers whose alpha does not enter Eq. 3, and what each means for the user.
+# |d alpha| against float64 Eq. 2 that every measured alpha meets (DESIGN.md's target): Lanczos adapts its budget
+# per matrix or hands the matrix to the exact path (spectral/target.py); exact meets it by construction.
+ALPHA_TARGET_ERROR = 0.02
+
+STATUS_EXPLANATIONS: dict[str, str] = {
+    "too_few_eigenvalues": "fewer than min_eigs={min_eigs} eigenvalues, too few for a tail estimate; their LR multiplier stays fixed",
+    "non_finite": "inf or NaN entries in the {source} at an LLR update; they keep their previous multiplier",
+    "zero_matrix": "an all-zero {source} at an LLR update; they keep their previous multiplier",
+    "rank_deficient": "a numerically rank-deficient {source} with fewer than min_eigs={min_eigs} nonzero eigenvalues; they keep their previous multiplier",
+    "ok_rank_deficient": "a rank-deficient {source} (e.g. fewer tokens per step than half the layer width): alpha is Eq. 2 on the nonzero eigenvalues with the rank-aware k, biased against the full-rank value (benchmarks/results/hill_rank_deficient_bias.md)",
+    "flat_spectrum": "a flat spectrum (e.g. orthogonal init or Muon-like updates): no tail to fit; they keep their previous multiplier",
+    "out_of_range": "alpha above the estimator's bound (hill_alpha alpha_max), not a tail estimate; they keep their previous multiplier",
+    STATUS_OUTLIER: "alpha far from the other layers' (robust rule, policies.llr.robust_outliers; outlier_z=None turns it off); they keep their previous multiplier",
+    STATUS_NO_GRAD: "no gradient at a gradient-phase LLR update; they keep their previous multiplier",
+    STATUS_INACTIVE: "fewer than two layers have a usable alpha at this LLR update, so Eq. 3 has no range and no multiplier moves",
+}
+
+
+def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Tensor:
+    """Measure every layer's metric (alpha for LLR) now and set the policy's new multipliers (``opt.update_metrics``).
+
+    Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
+    multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
+    FSDP2 or DDP the layers are measured by one rank each (``spectral_split``; ``last_split`` says how).
+    """
+    if not opt.policy.measures:
+        raise ValueError(f"policy {opt.policy.name!r} does not measure layers, so there are no alphas to update; "
+                         "its multipliers follow from the layers and the step alone")
+    t = opt.llr_step if t is None else t
+    source = opt.policy.source(t)
+    start = time.perf_counter()
+    measured = opt.measured_layers()
+    group, layout = resolve_group(opt.spectral_group, opt._model_ref() if opt._model_ref else None,
+                                  [opt.layers[i].param for i in measured])
+    owners = None
+    if group is not None:
+        owners = assign_owners([measure_cost(opt.layers[i].shape) for i in measured], dist.get_world_size(group))
+        rank = dist.get_rank(group)
+    idx, mats, received = [], [], 0
+    for j, i in enumerate(measured):
+        src = opt._spectral_source(opt.layers[i], source)
+        if src is None:
+            continue
+        if owners is None:
+            m = full(src)
+        elif layout == "dtensor":
+            m = gather_to_owner(src.to_local(), src.shape[0], owners[j], group)  # every rank calls; the owner receives
+            received += 0 if m is None else m.numel() * m.element_size()
+        else:
+            m = src if owners[j] == rank else None
+        if m is not None:
+            idx.append(i)
+            mats.append(m)
+    alphas = torch.full((len(opt.layers),), float("nan"), dtype=torch.float64)
+    status = [STATUS_VECTOR if not l.is_matrix else STATUS_NO_GRAD for l in opt.layers]
+    if mats:
+        values, statuses = measure_matrices(opt, mats)
+        alphas[idx] = values
+        for i, st in zip(idx, statuses):
+            status[i] = st
+    if owners is not None:
+        mine = [i for j, i in enumerate(measured) if owners[j] == rank]
+        shared, shared_status = share_results(alphas, status, mine, group)
+        for i in measured:
+            alphas[i], status[i] = shared[i], shared_status[i]
+        opt.last_split = {"world": dist.get_world_size(group), "rank": rank, "layout": layout,
+                           "layers_measured": len(mine), "layers": len(measured), "bytes_received": received,
+                           "bytes_held": sum(m.numel() * m.element_size() for m in mats)}
+    del mats
+    outliers = opt.policy.update(t, alphas, source)
+    for i in torch.nonzero(outliers).flatten().tolist():
+        status[i] = STATUS_OUTLIER
+    opt.layer_status = status
+    warn_statuses(opt, status, source)
+    opt.llr_update_seconds += time.perf_counter() - start
+    return alphas
+
+
+def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+    """The policy's metric of each matrix (float64) and its status: PL_Alpha_Hill by the median fit through
+    ``hill_alpha`` (every alpha within ALPHA_TARGET_ERROR of Eq. 2), else ``spectral.metrics.measure``
+    (exact eigenvalues), or the Frobenius norm for "grad_norm"."""
+    metric, fit = opt.policy.metric, opt.policy.fit
+    if metric == "alpha" and fit == "median":
+        res = hill_alpha(mats, method=opt.hill_method, variant=opt.hill_variant, min_eigs=opt.min_eigs,
+                         return_status=True, target_error=ALPHA_TARGET_ERROR)
+        return res.alpha, list(res.status)
+    if metric == "grad_norm":
+        norms = torch.stack([torch.linalg.vector_norm(m.detach().to(torch.float64)).cpu() for m in mats])
+        return norms, ["ok" if math.isfinite(float(v)) else "non_finite" for v in norms]
+    return measure(mats, metric, fit=fit, min_eigs=opt.min_eigs, variant=opt.hill_variant)
+
+
+def warn_statuses(opt: "LLROptimizer", status: list[str], source: str) -> None:
+    """One RuntimeWarning per cause (not per step) for layers whose alpha could not be used."""
+    warned = opt.__dict__.setdefault("_warned_causes", set())
+    by_cause: dict[str, list[str]] = {}
+    for i, (layer, st) in enumerate(zip(opt.layers, status)):
+        if st in STATUS_EXPLANATIONS and not bool(opt.policy.pinned[i]):
+            by_cause.setdefault(st, []).append(layer.name)
+    mapped = [i for i, l in enumerate(opt.layers) if l.is_matrix and not bool(opt.policy.pinned[i])]
+    usable = sum(status[i] in OK_STATUSES for i in mapped)
+    if mapped and usable < 2:
+        by_cause.setdefault(STATUS_INACTIVE, [])
+    for cause, names in by_cause.items():
+        if cause in warned:
+            continue
+        warned.add(cause)
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        what = STATUS_EXPLANATIONS[cause].format(source=source, min_eigs=opt.min_eigs)
+        head = f"LLR: {len(names)} layer(s) ({shown}): " if names else "LLR: "
+        warnings.warn(head + what + " (warned once; see layer_stats()['status'])", RuntimeWarning,
+                      stacklevel=caller_stacklevel())
