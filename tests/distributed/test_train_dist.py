@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from conftest import requires
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = requires(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
 
 

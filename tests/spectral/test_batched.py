@@ -110,7 +110,7 @@ def test_exact_through_hill_alpha_auto_on_cpu():
 
 
 def test_auto_rule():
-    """The cost model's answers at a few points (full decision table: tests/test_spectral_target.py)."""
+    """The cost model's answers at a few points (full decision table: tests/spectral/test_target.py)."""
     assert choose_method(4096, torch.device("cpu")) == "exact"
     assert choose_method(256, torch.device("cuda")) == "exact"  # n <= 2 steps: the Krylov space is most of the space
     assert choose_method(2048, torch.device("cuda")) == "lanczos"

@@ -1,6 +1,6 @@
 """LLRAdamW with s = 1 on every step backend reproduces torch.optim.AdamW over many steps on a small transformer.
 
-The long-run companion of tests/test_optim_table.py (a few steps per argument combination): step counters,
+The long-run companion of tests/optim/test_optim_table.py (a few steps per argument combination): step counters,
 bias corrections and rounding over 100 steps (30 through the slow Triton interpreter). Tolerance: rtol 1e-4,
 atol 2e-5 on parameters of magnitude ~0.1-1 after 100 steps of lr 3e-3 (float32 rounding differences of the
 fast kernels, amplified by the training dynamics; an LR or beta error is orders of magnitude larger).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-PY = Path(__file__).resolve().parents[1] / "python"
+PY = Path(__file__).resolve().parents[2] / "python"
 sys.path.insert(0, str(PY))
 
 import data as hdata  # noqa: E402

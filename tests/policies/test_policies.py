@@ -403,7 +403,7 @@ def test_other_metrics_feed_the_same_map(metric, seed):
 
 @pytest.mark.parametrize("fit", ["ks", "fix_finger"])
 def test_other_power_law_fits_reach_the_optimizer(fit, seed):
-    """The paper's Fig. 8 ablation: alphas by another fit (their values are tested in test_spectral_fits.py)."""
+    """The paper's Fig. 8 ablation: alphas by another fit (their values are tested in test_fits.py)."""
     from llr_kernels.spectral import fit_power_law
 
     model, data = spectral_setup(seed)

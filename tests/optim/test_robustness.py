@@ -24,7 +24,7 @@ from conftest import device_for, requires
 from reference import eq3, esd_np, hill_llr_np, robust_outliers_np
 from tiny_models import SpectralNet
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 import models as harness  # noqa: E402 - the training harness's models (python/models.py)
 

@@ -31,7 +31,7 @@ import torch
 
 from conftest import require
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC_FILES = sorted(os.path.basename(f) for e in ("*.cpp", "*.h", "*.cu") for f in glob.glob(os.path.join(ROOT, "llr_kernels", "csrc", e)))
 
 STEP_SCRIPT = textwrap.dedent(

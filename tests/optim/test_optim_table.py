@@ -20,7 +20,7 @@ LLRMuon runs with ``ns_dtype=torch.float64`` and torch.optim.Muon's Newton-Schul
 reference (tests/reference.py): torch's own bf16 Newton-Schulz (mm) and ours (batched bmm) may round a few
 bf16 entries differently, which would make every comparison approximate; the float64 pair agrees to ~1e-16,
 far below float32 rounding. On the Triton backend ours runs in float32 (the Triton muon_apply kernel takes
-fp32/bf16 updates). The bf16 path is compared step by step in tests/test_muon.py.
+fp32/bf16 updates). The bf16 path is compared step by step in tests/optim/test_muon.py.
 
 The error table: every invalid argument raises at construction, with the exception type and a message
 naming the argument.
@@ -317,7 +317,7 @@ CONFIG = dict(s=2.5, interval=7, total_steps=100, grad_phase=0.2, active_until=0
 
 @pytest.mark.parametrize("cls", [LLRAdamW, LLRMuon], ids=["adamw", "muon"])
 def test_llr_arguments_reach_the_policy(cls):
-    """Non-default policy arguments arrive in the policy (whose behaviour tests/test_policy.py checks) and
+    """Non-default policy arguments arrive in the policy (whose behaviour tests/policies/test_llr_map.py checks) and
     the pins follow the layer kinds."""
     model = TableModel()
     opt = cls(model, **CONFIG)

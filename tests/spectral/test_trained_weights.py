@@ -19,7 +19,7 @@ from reference import alpha_np
 from llr_kernels.spectral import hill_alpha
 from llr_kernels.spectral.batched import hill_alpha_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import _common as C  # noqa: E402
 
 needs_weights = needs(None if C.trained_weights_file() else f"not installed ({C.TRAINED_INSTALL})",

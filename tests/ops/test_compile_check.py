@@ -21,7 +21,7 @@ from conftest import needs, requires, triton_missing
 from llr_kernels.ops.dispatch import triton_interpreted
 
 pytestmark = requires(triton_missing(), "triton")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 can_launch = needs(None if torch.cuda.is_available() or triton_interpreted() else "no CUDA and TRITON_INTERPRET is not 1",
                    "a Triton launch")
