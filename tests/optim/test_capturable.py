@@ -25,7 +25,7 @@ from conftest import backend_missing, requires
 from llr_kernels import LLRAdamW, LLRMuon
 from llr_kernels.ops import custom_ops
 from llr_kernels.ops.adamw.naive import adamw_step_torch
-from test_adamw_kernels import Case, assert_matches, reference
+from adamw_cases import Case, assert_matches, reference
 from tiny_models import SpectralNet
 
 CPU = torch.device("cpu")
