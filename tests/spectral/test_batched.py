@@ -535,13 +535,18 @@ def test_threaded_cpu_path_matches_numpy(backend, seed):
     rng = np.random.default_rng(seed)
     ws = [make(k, 200, 260, rng, t).astype(np.float32) for k, t in KINDS[:5]]
     mats = [torch.from_numpy(w) for w in ws]
+    probes = 64
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         r = hill_alpha_fast(mats, method="exact", backend=backend)
-        s = hill_alpha_fast(mats, method="lanczos", backend=backend, probes=8, steps=40, groups=4)
+        s = hill_alpha_fast(mats, method="lanczos", backend=backend, probes=probes, steps=40, groups=4, seed=seed)
     finally:
         torch.set_num_threads(before)
     ref = np.array([np_alpha(w.astype(np.float64)) for w in ws])
     np.testing.assert_allclose(r.alpha.numpy(), ref, rtol=1e-5)
-    np.testing.assert_allclose(s.alpha.numpy(), ref, rtol=0.1)  # SLQ's statistical error at 8 probes
+    # SLQ is statistical: within 5x its documented RMS model plus its bias. A fixed 10% tolerance at 8 probes
+    # failed on a fresh draw at alpha ~6, where the model's RMS is ~0.9
+    n = min(ws[0].shape)
+    tol = 5 * slq_error_model_np(ref, n, probes) + SLQ_BIAS_C * (ref - 1) ** 2 / n
+    assert np.all(np.abs(s.alpha.numpy() - ref) <= tol), (seed, s.alpha.numpy(), ref, tol)
