@@ -118,8 +118,9 @@ def _alpha_fitted(eigs, mats, idx, fit, min_eigs, min_tail, alpha, status) -> No
         n = e.shape[0]
         nu = noise_level(n, mats[i].dtype, torch.float64)
         floor = zero_floor(n, float(e[-1]), float(e.mean()), nu, torch.float64)
-        if int((e > floor).sum()) < max(2, min_eigs):
-            alpha[i], status[i] = float("nan"), STATUS_RANK_DEFICIENT
+        r = int((e > floor).sum())
+        if r < 2 or (r <= n // 2 and r < min_eigs):  # hill.py rule 6: min_eigs bounds the rank only when Eq. 2's
+            alpha[i], status[i] = float("nan"), STATUS_RANK_DEFICIENT  # threshold is zero (r <= k), as for "median"
             continue
         todo[n].append((i, floor, nu))
     for rows in todo.values():
@@ -147,7 +148,8 @@ def layer_metrics(
 
     fit: "median" (paper Eq. 2), "ks" or "fix_finger" (``fits``), used by "alpha" and "alpha_hat".
     variant: Eq. 2's index convention ("paper" or "reference"); fit="median" only.
-    min_eigs: alpha / alpha_hat need min(rows, cols) >= min_eigs (and as many numerically nonzero eigenvalues).
+    min_eigs: alpha / alpha_hat need min(rows, cols) >= min_eigs (and as many numerically nonzero
+        eigenvalues when Eq. 2's threshold is numerically zero: hill.py's rule 6, for every fit).
     min_tail: smallest tail of a "ks" / "fix_finger" candidate xmin.
     """
     names = _check_names(names)
