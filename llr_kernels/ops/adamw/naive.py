@@ -25,10 +25,12 @@ from torch import Tensor
 
 
 def global_grad_norm(grads: list[Tensor], inv_scale: Tensor | None = None) -> Tensor:
-    """L2 norm over all gradients (after unscaling), as a float32 0-d tensor on the grads' device."""
+    """L2 norm over all gradients (after unscaling), as a 0-d tensor on the grads' device: float32, float64 when a
+    gradient is float64 (as torch.nn.utils.clip_grad_norm_, which works in the grads' dtype)."""
     if not grads:
         return torch.zeros(())
-    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    dt = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    norms = torch.stack([torch.linalg.vector_norm(g.to(dt)) for g in grads])
     norm = torch.linalg.vector_norm(norms)
     return norm * inv_scale.float() if inv_scale is not None else norm
 
