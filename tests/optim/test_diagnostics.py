@@ -133,13 +133,16 @@ def test_gradient_phase_causes_say_gradient_and_a_new_cause_is_still_warned(seed
     g = torch.Generator().manual_seed(seed)
     for n, p in model.named_parameters():
         p.grad = None if n == "good2.weight" else torch.randn(p.shape, generator=g)
+    model.good3.weight.grad.zero_()
     got = parse(warnings_of(lambda: opt.update_alphas(0)))
     (count, shown, text), = [v for v in got.values() if _cause(v[2]) == "no_grad"]
     assert (count, shown) == (1, "good2.weight")
-    assert {_cause(t) for t in got} == {"no_grad", "too_few_eigenvalues"}  # random gradients: the rest are ok
+    (count, shown, text), = [v for v in got.values() if _cause(v[2]) == "zero_matrix"]
+    assert (count, shown) == (1, "good3.weight") and "grad" in text and "weight at" not in text, text  # the source
+    assert {_cause(t) for t in got} == {"no_grad", "zero_matrix", "too_few_eigenvalues"}  # random gradients: the rest ok
     assert {d["name"]: d["status"] for d in opt.layer_stats()}["good2.weight"] == "no_grad"
     later = parse(warnings_of(lambda: opt.update_alphas(2)))  # weight phase: the planted weights' causes are new
-    assert {_cause(t) for t in later} == {"non_finite", "zero_matrix", "flat_spectrum", "rank_deficient", "ok_rank_deficient"}
+    assert {_cause(t) for t in later} == {"non_finite", "flat_spectrum", "rank_deficient", "ok_rank_deficient"}  # zero: warned
 
 
 def test_inactive_warning_when_fewer_than_two_layers_are_usable(seed):
