@@ -6,10 +6,10 @@ import csv
 import importlib
 import importlib.util
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from conftest import needs
 from reference import alpha_np
