@@ -18,7 +18,7 @@ Precision ``"auto"`` (default), per matrix of at most float32 precision:
   every other candidate by more than both D's bounds (|dD| <= 6 (alpha - 1) delta / xmin) and its alpha's bound
   2 (alpha - 1)^2 delta / (alpha xmin) is within tol; "fix_finger" is not checked, so always float64. A matrix
   failing any check is recomputed with a float64 Gram ("precision" column: "fp32-gram" or "fp64").
-Precision ``"float64"``: float64 Gram and eigenvalues for everything (the reference; ``--ww-compatible``).
+Precision ``"float64"``: float64 Gram and eigenvalues for everything (tier 3; ``--ww-compatible``).
 """
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ from typing import Sequence
 
 import torch
 
+from ..ops import dispatch
+from ..ops.gram.naive import cuda_tf32
 from ..spectral import hill_alpha
 from ..spectral.cost import EXACT_REL_TOL
-from ..spectral.esd import scaled_eigenvalues
-from ..spectral.exact import GRAM32_ERR_C, U32, exact_grams
+from ..spectral.exact import GRAM32_ERR_C, U32, exact_eigs, exact_grams
 from ..spectral.fits import DEFAULT_MIN_TAIL, FIT_METHODS, fit_esds, ks_candidates
 from ..spectral.metrics import ENTROPY_RULES, entropy_from_eigenvalues
 from ..spectral.reference import hill_row
@@ -50,6 +51,7 @@ from ..spectral.rules import (
     decide,
     hill_params,
     noise_level,
+    prescale,
     zero_floor,
 )
 
@@ -141,34 +143,59 @@ def measure_matrices(mats: Sequence[torch.Tensor], settings: Settings, memory_bu
                            report_failed=True, index=fast)
     if redo:
         redo = sorted(redo)
-        eigs, exps, pre = scaled_eigenvalues([ms[i] for i in redo])
-        spectra = [Spectrum(e, x, p, 0.0, "fp64") for e, x, p in zip(eigs, exps, pre)]
+        spectra = _spectra64([ms[i] for i in redo])
         _fill_rows([rows[i] for i in redo], [ms[i] for i in redo], spectra, settings, keep_spectra)
     return rows
 
 
-def _spectra_gram32(mats: list[torch.Tensor]) -> list[Spectrum]:
-    """Tier 2 of ``spectral.exact``: true-fp32 Grams (one grouped call per shape and device), float64 eigvalsh."""
-    out: list[Spectrum | None] = [None] * len(mats)
+def _by_shape(mats: list[torch.Tensor]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, w in enumerate(mats):
         groups[(tuple(w.shape), w.device)].append(i)
-    for (shape, device), idx in groups.items():
+    return groups
+
+
+def _spectra_gram32(mats: list[torch.Tensor]) -> list[Spectrum]:
+    """Tier 2 of ``spectral.exact``: true-fp32 Grams (one grouped call per shape and device), float64 eigenvalues
+    by the dispatched ``eigvalsh`` op (CPU: one matrix per thread; CUDA: batched cuSOLVER)."""
+    out: list[Spectrum | None] = [None] * len(mats)
+    for (shape, device), idx in _by_shape(mats).items():
         n = min(shape)
-        backend = "auto" if device.type == "cuda" else "torch"
-        g, exps = exact_grams([mats[i] for i in idx], n, torch.float32, backend, device)
-        eig = torch.linalg.eigvalsh(g.to(torch.float64)).to("cpu").clamp_min(0)
+        g, exps = exact_grams([mats[i] for i in idx], n, torch.float32, "auto", device)
+        _, eig_fn = dispatch.get_op("eigvalsh", "auto", device)
+        with cuda_tf32(False):
+            eig = eig_fn(g, torch.float64).to("cpu", torch.float64).clamp_min(0)
         del g
         for j, i in enumerate(idx):
             x = exps[j]
             if isinstance(x, str):
-                fill = float("nan") if x == STATUS_NON_FINITE else 0.0
-                out[i] = Spectrum(torch.full((n,), fill, dtype=torch.float64), 0, x, 0.0, "fp32-gram")
+                out[i] = _settled(n, x, "fp32-gram")
             else:
                 e = eig[j]
                 out[i] = Spectrum(e, applied_exponent(x, torch.float32), None,
                                   GRAM32_ERR_C * U32 * float(e.mean()), "fp32-gram")
     return out  # type: ignore[return-value]
+
+
+def _spectra64(mats: list[torch.Tensor]) -> list[Spectrum]:
+    """Tier 3 of ``spectral.exact``: float64 Grams and eigenvalues (CPU: the C++ op, one matrix per thread)."""
+    out: list[Spectrum | None] = [None] * len(mats)
+    for (shape, device), idx in _by_shape(mats).items():
+        n = min(shape)
+        group = [mats[i] for i in idx]
+        eig, _ = exact_eigs(group, n, torch.float64, "auto", device, keep=False)
+        eig = eig.to("cpu", torch.float64)
+        for j, (i, x) in enumerate(zip(idx, prescale(group))):
+            if isinstance(x, str):
+                out[i] = _settled(n, x, "fp64")
+            else:
+                out[i] = Spectrum(eig[j].clamp_min(0), applied_exponent(x, torch.float64), None, 0.0, "fp64")
+    return out  # type: ignore[return-value]
+
+
+def _settled(n: int, status: str, precision: str) -> Spectrum:
+    fill = float("nan") if status == STATUS_NON_FINITE else 0.0
+    return Spectrum(torch.full((n,), fill, dtype=torch.float64), 0, status, 0.0, precision)
 
 
 def _fill_rows(rows: list[dict], mats: list[torch.Tensor], spectra: list[Spectrum], s: Settings, keep: bool,
