@@ -208,15 +208,23 @@ def _from_torch_files(files: list[Path], source: str, trust_pickle: bool) -> Che
 
 def _torch_state(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=not trust_pickle)
+        try:
+            obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=not trust_pickle)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            # the legacy (pre-zipfile) format cannot be memory-mapped: it is read whole
+            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except Exception as err:
         text = str(err)
-        if "weights_only" in text or "Unsupported global" in text:
+        if "Unsupported global" in text:  # a class or function, not a tensor container
             raise CheckpointError(f"{path} holds pickled Python objects besides tensors, which torch.load refuses "
                                   "with weights_only=True; if you trust the file, pass trust_pickle=True "
                                   "(--trust-pickle)") from None
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: "
-                              f"{text.splitlines()[0] if text else ''}); it may be truncated or corrupt") from None
+        detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), text.splitlines()[0] if text
+                      else "")
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(err).__name__}: {detail}); it may "
+                              "be truncated or corrupt") from None
     if isinstance(obj, nn.Module):
         return dict(obj.state_dict())
     best = _largest_tensor_dict(obj)

@@ -17,15 +17,14 @@ from .report import Analysis
 DEFAULT_BUDGET = 2 << 30  # bytes of matrices and their workspaces in memory at once
 
 
-def chunk_bytes(ref: TensorRef, precision: str) -> int:
-    """Memory one matrix takes while measured: the tensor as read, its compute copy, and the Gram with its float64
-    copy and eigensolver workspace."""
+def chunk_bytes(ref: TensorRef) -> int:
+    """Memory one matrix takes while measured, at worst (a float32 check failed and float64 follows): the tensor as
+    read, a float64 copy, and the Gram with its float64 copy and eigensolver workspace."""
     item = torch.empty((), dtype=ref.dtype).element_size()
-    copy = 8 if precision == "float64" or ref.dtype == torch.float64 else 4
-    return ref.numel * (item + copy) + ref.n * ref.n * (copy + 8 + 8)
+    return ref.numel * (item + 8) + ref.n * ref.n * 24
 
 
-def plan_chunks(ck: Checkpoint, precision: str, budget: int) -> list[tuple[str, list[TensorRef]]]:
+def plan_chunks(ck: Checkpoint, budget: int) -> list[tuple[str, list[TensorRef]]]:
     """(shard, matrices) chunks: within a shard, matrices of one shape together, each chunk under ``budget`` bytes
     (a matrix larger than the budget is a chunk of its own)."""
     out = []
@@ -36,7 +35,7 @@ def plan_chunks(ck: Checkpoint, precision: str, budget: int) -> list[tuple[str, 
         for group in by_shape.values():
             cur, size = [], 0
             for r in group:
-                b = chunk_bytes(r, precision)
+                b = chunk_bytes(r)
                 if cur and size + b > budget:
                     out.append((shard, cur))
                     cur, size = [], 0
@@ -82,7 +81,7 @@ def analyze(
     unknown = keep - {r.name for r in ck.refs}
     if unknown:
         raise ValueError(f"keep_spectra names no measured matrix: {sorted(unknown)[:3]}")
-    chunks = plan_chunks(ck, settings.precision, memory_budget)
+    chunks = plan_chunks(ck, memory_budget)
     bar = _progress(len(ck.refs), progress)
     rows_of: dict[str, dict] = {}
     try:

@@ -121,11 +121,11 @@ def test_chunks_stay_under_the_budget(tmp_path, seed):
     sd = {f"layers.{i}.mlp.up_proj.weight": torch.randn(128, 64) for i in range(7)}
     sd["layers.0.attn.q_proj.weight"] = torch.randn(64, 64)
     ck = open_checkpoint(sd)
-    per = chunk_bytes(ck.refs[0], "auto")
-    chunks = plan_chunks(ck, "auto", budget=3 * per)
+    per = chunk_bytes(ck.refs[0])
+    chunks = plan_chunks(ck, budget=3 * per)
     assert sorted(len(c) for _, c in chunks) == [1, 1, 3, 3]
     for _, c in chunks:
-        assert len({r.shape for r in c}) == 1 and sum(chunk_bytes(r, "auto") for r in c) <= 3 * per
+        assert len({r.shape for r in c}) == 1 and sum(chunk_bytes(r) for r in c) <= 3 * per
     small = analyze(sd, memory_budget=per, metrics=("alpha", "entropy"), progress=False)
     big = analyze(sd, metrics=("alpha", "entropy"), progress=False)
     for a, b in zip(small.rows, big.rows):
@@ -196,3 +196,31 @@ def test_index_with_missing_shard(tmp_path, seed):
         json.dumps({"weight_map": {"a.weight": "s1.safetensors", "b.weight": "s2.safetensors"}}))
     with pytest.raises(CheckpointError, match="missing.*s2.safetensors"):
         open_checkpoint(tmp_path)
+
+
+def test_matrices_are_released_chunk_by_chunk(seed, monkeypatch):
+    """With a budget of one matrix, no matrix read earlier is still alive when ``analyze`` reads the next one:
+    memory is bounded by the budget, not by the checkpoint."""
+    import gc
+    import weakref
+
+    import llr_kernels.analysis.run as run
+
+    torch.manual_seed(seed)
+    sd = {f"layers.{i}.mlp.up_proj.weight": torch.randn(128, 64) for i in range(6)}
+    ck = open_checkpoint(sd)
+    alive_at_load, refs = [], []
+    for r in ck.refs:
+        def load(src=r.load):
+            gc.collect()
+            alive_at_load.append(sum(w() is not None for w in refs))
+            t = src().clone()  # a fresh tensor per read, as from a file
+            refs.append(weakref.ref(t))
+            return t
+
+        r.load = load
+    monkeypatch.setattr(run, "open_checkpoint", lambda source, trust_pickle=False: ck)
+    res = analyze(sd, memory_budget=chunk_bytes(ck.refs[0]), metrics=("alpha", "entropy"), progress=False)
+    assert alive_at_load == [0] * 6 and [r["status"] for r in res.rows] == ["ok"] * 6
+    gc.collect()
+    assert all(w() is None for w in refs)
