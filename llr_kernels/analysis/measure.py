@@ -14,10 +14,10 @@ Precision ``"auto"`` (default), per matrix of at most float32 precision:
   (``spectral.exact``), and each metric is kept only where delta cannot move it by more than ``Settings.tol``
   (1e-5) relative: Eq. 2 by ``exact``'s own check; lambda_max, ||W||_F^2 and the stable rank always (their
   relative error is at most GRAM32_ERR_C u32 = 1.4e-6); the entropy by a bound on sum |d(p ln p)| and a rank
-  that no eigenvalue within delta of the rank tolerance could change; the "ks" fit when the chosen xmin beats
-  every other candidate by more than both D's bounds (|dD| <= 6 (alpha - 1) delta / xmin) and its alpha's bound
-  2 (alpha - 1)^2 delta / (alpha xmin) is within tol; "fix_finger" is not checked, so always float64. A matrix
-  failing any check is recomputed with a float64 Gram ("precision" column: "fp32-gram" or "fp64").
+  that no eigenvalue within delta of the rank tolerance could change; the "ks" fit when the chosen candidate's
+  KS distance, bounded from above, is below every rival's, bounded from below (``_ks_stable``), that D is known
+  within tol (absolute: a distance in [0, 1]), and its alpha's bound 2 (alpha - 1)^2 delta / (alpha xmin) is
+  within tol; "fix_finger" is not checked, so always float64. A matrix failing any check is recomputed with a float64 Gram ("precision" column: "fp32-gram" or "fp64").
 Precision ``"float64"``: float64 Gram and eigenvalues for everything (tier 3; ``--ww-compatible``).
 """
 from __future__ import annotations
@@ -367,21 +367,68 @@ def _fits(mats: list[torch.Tensor], spectra: list[Spectrum], s: Settings, failed
     return out
 
 
+MAX_INTERVAL_RIVALS = 64  # candidates bounded one by one per matrix; more and the matrix goes to float64
+
+
 def _ks_stable(eigs: torch.Tensor, floors: list[float], deltas: list[float], alpha: torch.Tensor,
                xmin: torch.Tensor, s: Settings) -> list[bool]:
-    """Whether the "ks" choice and its alpha survive eigenvalue errors up to delta (module docstring)."""
+    """Whether the "ks" choice and its alpha survive eigenvalue errors up to delta (module docstring): the chosen
+    candidate's KS distance, bounded from above, is below every rival's, bounded from below. First-order margins
+    6 (alpha - 1) delta / l settle most rivals; the rest (low candidates, where delta / l is large) get
+    ``_ks_interval``'s rigorous bounds."""
     fl = torch.tensor(floors, dtype=torch.float64)
     a_all, d_all = ks_candidates(eigs, min_tail=s.min_tail, floor=fl)
-    dl = torch.tensor(deltas, dtype=torch.float64).unsqueeze(-1)
-    margin = 6.0 * (a_all - 1.0).clamp_min(0) * dl / eigs.clamp_min(1e-300)  # |dD| bound per candidate
-    finite = torch.isfinite(d_all)
-    best = torch.where(finite, d_all, torch.full_like(d_all, float("inf"))).argmin(-1, keepdim=True)
-    d_best = torch.gather(d_all, 1, best) + torch.gather(margin, 1, best)
-    others = torch.where(finite, d_all - margin, torch.full_like(d_all, float("inf"))).scatter(1, best, float("inf"))
-    separated = (others > d_best).all(-1)
-    a = alpha
-    bound = 2.0 * (a - 1.0) ** 2 * dl.squeeze(-1) / (a * xmin)
-    good = separated & torch.isfinite(a) & (bound <= s.tol)
-    return good.tolist()
+    n = eigs.shape[-1]
+    tail = torch.arange(n, 0, -1, dtype=torch.float64)
+    out = []
+    for r in range(eigs.shape[0]):
+        e, d, delta = eigs[r], d_all[r], deltas[r]
+        a = float(alpha[r])
+        if not (math.isfinite(a) and 2.0 * (a - 1.0) ** 2 * delta / (a * float(xmin[r])) <= s.tol):
+            out.append(False)
+            continue
+        best = int(torch.where(torch.isfinite(d), d, torch.full_like(d, math.inf)).argmin())
+        d_lo, d_hi = _ks_interval(e, best, delta, floors[r])
+        if d_hi - d_lo > s.tol:  # the reported D itself: within tol, absolute (a distance in [0, 1])
+            out.append(False)
+            continue
+        # rivals: every candidate float64 could hold valid (l > floor - delta, tail >= min_tail)
+        rival = (e > floors[r] - delta) & (tail >= s.min_tail)
+        rival[best] = False
+        margin = 6.0 * (a_all[r] - 1.0).clamp_min(0) * delta / e.clamp_min(1e-300)
+        unsettled = (rival & ~(torch.isfinite(d) & (d - margin > d_hi))).nonzero().flatten().tolist()
+        ok = len(unsettled) <= MAX_INTERVAL_RIVALS and all(_ks_interval(e, j, delta, floors[r])[0] > d_hi
+                                                           for j in unsettled)
+        out.append(ok)
+    return out
 
 
+def _ks_interval(e: torch.Tensor, j: int, delta: float, floor: float) -> tuple[float, float]:
+    """(lower, upper) bound of the KS distance of candidate j (xmin = x = e[j], tail e[j:], m values) over every
+    spectrum whose sorted eigenvalues lie within delta of ``e`` and whose xmin is above ``floor``. With
+    L_t = ln(l_t / x), F_t = 1 - exp(-u_t), u_t = (alpha - 1) L_t = m L_t / (L_t + R_t), R_t = sum_{s > j, s != t} L_s:
+    u_t increases with l_t and decreases with every other l_s, so at fixed x its extremes are at corners of the
+    box; at fixed eigenvalues it is monotone in ln x, so over x it is extreme at the ends of [x - delta, x + delta]
+    (cut at the floor). Bounds at x -> 0 stay finite (u_t -> m / (m - 1))."""
+    x = float(e[j])
+    x_lo, x_hi = max(x - delta, floor), x + delta
+    t = e[j + 1 :]
+    m = t.shape[0] + 1
+    if m < 2 or not x_lo > 0:
+        return 0.0, 1.0
+    lo_t, hi_t = t - delta, t + delta
+    u_lo = torch.full_like(t, math.inf)
+    u_hi = torch.zeros_like(t)
+    for xe in (x_lo, x_hi):
+        l_lo = torch.log(torch.clamp(lo_t, min=xe) / xe)  # l_t >= xmin: a sorted spectrum
+        l_hi = torch.log(hi_t.clamp_min(xe) / xe)
+        s_lo, s_hi = l_lo.sum(), l_hi.sum()
+        lo = m * l_lo / (s_hi - l_hi + l_lo).clamp_min(1e-300)
+        hi = m * l_hi / (s_lo - l_lo + l_hi).clamp_min(1e-300)
+        u_lo, u_hi = torch.minimum(u_lo, lo), torch.maximum(u_hi, hi)
+    u_lo = torch.where(lo_t < x_hi, torch.zeros_like(u_lo), u_lo)  # l_t may equal xmin: u_t may be 0
+    f_lo, f_hi = -torch.expm1(-u_lo), -torch.expm1(-u_hi)
+    c = torch.arange(1, m, dtype=torch.float64) / m  # the empirical CDF at l_(1..m-1); at xmin both are 0
+    lower = float(torch.maximum(f_lo - c, c - f_hi).clamp_min(0).max())
+    upper = float(torch.maximum((f_lo - c).abs(), (f_hi - c).abs()).max())
+    return lower, upper
