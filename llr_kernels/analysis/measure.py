@@ -17,7 +17,8 @@ Precision ``"auto"`` (default), per matrix of at most float32 precision:
   that no eigenvalue within delta of the rank tolerance could change; the "ks" fit when the chosen candidate's
   KS distance, bounded from above, is below every rival's, bounded from below (``_ks_stable``), that D is known
   within tol (absolute: a distance in [0, 1]), and its alpha's bound 2 (alpha - 1)^2 delta / (alpha xmin) is
-  within tol; "fix_finger" is not checked, so always float64. A matrix failing any check is recomputed with a float64 Gram ("precision" column: "fp32-gram" or "fp64").
+  within tol; "fix_finger" is not checked, so always float64. A matrix failing any check is recomputed with a
+  float64 Gram ("precision" column: "fp32-gram" or "fp64").
 Precision ``"float64"``: float64 Gram and eigenvalues for everything (tier 3; ``--ww-compatible``).
 """
 from __future__ import annotations
