@@ -44,8 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes the fastest path (checked float32 Eq. 2)")
     p.add_argument("--fit", choices=FIT_METHODS, default="ks", help="power-law fit of alpha_fit (default ks)")
     p.add_argument("--layers", default=None, help="regular expression: only matrices whose name it matches")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: where Grams and eigenvalues run")
-    p.add_argument("--precision", choices=("auto", "float64"), default="auto",
+    p.add_argument("--device", default="auto",
+                   help="auto (default: cuda when torch sees a GPU, else cpu), cpu or cuda[:i]: where Grams and "
+                        "eigenvalues run; tensors are read on the CPU and moved chunk by chunk")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=("auto", "float64"), default="auto",
                    help="auto: float32 Grams where a checked bound keeps every metric within 1e-5 relative of "
                         "float64, float64 elsewhere (default); float64: float64 throughout")
     p.add_argument("--ww-compatible", action="store_true",

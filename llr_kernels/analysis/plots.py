@@ -125,7 +125,10 @@ def esd_plot(row: dict, path: str | Path, bins: int = 80) -> Path:
         ax.axvline(xmin, ls="--", lw=1, color="gray", label=f"xmin {xmin:.3g} ({m} eigenvalues)")
     ax.set_xlabel("eigenvalue of W^T W")
     ax.set_ylabel("density")
-    ax.set_title(f"{row['name']} ({row.get('kind', '')}, {'x'.join(map(str, row.get('shape', ())))})", fontsize=9)
+    eq2 = row.get("alpha", float("nan"))
+    extra = f", Eq. 2 alpha {eq2:.3f}" if math.isfinite(eq2) else ""
+    ax.set_title(f"{row['name']} ({row.get('kind', '')}, {'x'.join(map(str, row.get('shape', ())))}{extra})",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(path)

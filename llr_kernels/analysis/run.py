@@ -52,7 +52,7 @@ def analyze(
     metrics: Sequence[str] = ANALYSIS_METRICS,
     fit: str = "ks",
     layers: str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     precision: str = "auto",
     ww_compatible: bool = False,
     memory_budget: int = DEFAULT_BUDGET,
@@ -63,7 +63,8 @@ def analyze(
     """Every weight matrix's metrics (``measure`` module docstring) of a checkpoint (``loading``) or a model.
 
     layers: a regular expression; only matrices whose name it matches (re.search) are measured.
-    device: where Grams and eigenvalues are computed (tensors are read on the CPU and moved chunk by chunk).
+    device: where Grams and eigenvalues are computed (tensors are read on the CPU and moved chunk by chunk);
+        "auto": cuda when torch sees a GPU, else cpu.
     precision: "auto" (checked float32 Grams, float64 where a check fails) or "float64".
     ww_compatible: WeightWatcher 0.7.7's conventions (``Settings.ww_compatible``); overrides fit and precision.
     keep_spectra: names (or True for all) whose eigenvalues stay in their rows, for ESD plots.
@@ -71,6 +72,8 @@ def analyze(
     """
     settings = Settings.ww_compatible(tuple(metrics)) if ww_compatible else Settings(
         tuple(metrics), fit=fit, precision=precision)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch.cuda.is_available() is False: pass device='cpu'")

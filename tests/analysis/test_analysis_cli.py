@@ -127,3 +127,12 @@ def test_console_script_points_at_main():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     mod, fn = scripts["llr-analyze"].split(":")
     assert getattr(importlib.import_module(mod), fn) is main
+
+
+def test_device_auto_and_a_missing_gpu(ckpt, tmp_path, capsys, monkeypatch):
+    path, _ = ckpt
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([str(path), "--json", str(tmp_path / "a.json"), "--quiet", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["settings"]["device"] == "cpu"
+    assert main([str(path), "--device", "cuda", "--no-progress"]) == 2
+    assert "torch.cuda.is_available() is False: pass device='cpu'" in capsys.readouterr().err
