@@ -257,6 +257,26 @@ def _fit(x, method, variant, min_tail, floor, bins, window, chunk_elems) -> FitR
     return _select(e, finite, ls, logsum, idx, m[idx], has_any, d_win)
 
 
+def ks_candidates(
+    eigs: torch.Tensor,
+    *,
+    min_tail: int = DEFAULT_MIN_TAIL,
+    floor: torch.Tensor | float | None = None,
+    chunk_elems: int = DEFAULT_CHUNK_ELEMS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, D) of every candidate xmin of the "ks" fit, shape (B, n) for ascending eigenvalues (B, n); D is +inf
+    where index i is not a candidate. ``fit_power_law(method="ks")`` picks the first argmin of D; callers that
+    must know how close the runner-up is (a check of a fit from perturbed eigenvalues) read the whole row."""
+    check_fit_args("ks", min_tail, 1, (1.0, 1.0), "paper")
+    if not isinstance(eigs, torch.Tensor) or eigs.dim() != 2 or not eigs.is_floating_point():
+        raise ValueError(f"eigs must be a floating (B, n) tensor of ascending eigenvalues, got "
+                         f"{tuple(getattr(eigs, 'shape', ()))}")
+    e, finite, pos, ls, m, logsum = _prepare(eigs, floor)
+    alpha_all = 1.0 + m / torch.where(logsum > 0, logsum, torch.ones_like(logsum))
+    valid = pos & (m >= min_tail) & (logsum > 0) & finite.unsqueeze(-1)
+    return alpha_all, _candidate_ks(ls, alpha_all, valid, 0, e.shape[-1], chunk_elems)
+
+
 def fit_esds(
     eigs: Sequence[torch.Tensor],
     method: str = "ks",

@@ -14,14 +14,16 @@ WeightWatcher (``apply_norm_metrics``) and TempBalance (``net_esd_estimator``), 
   Frobenius norm). ``frobenius(mats)`` gives the plain ||W||_F, e.g. for gradient norms.
 * "stable_rank": ||W||_F^2 / ||W||_2^2 = sum_i l_i / l_max.
 * "entropy": WeightWatcher's normalised matrix entropy. With p_i = l_i / sum_j l_j and numerical rank
-  R = #{i : sigma_i > sigma_max N eps} (N = max(n, m); eps of float64 for float64 inputs, of float32 otherwise,
-  the dtype WeightWatcher's numpy SVD runs in),
+  R = #{i : sigma_i > sigma_max N eps_64} (N = max(n, m)). WeightWatcher (0.7.7: ``matrix_rank`` on singular values
+  of ``W.astype(float)``) casts every weight to float64 first, so its eps is float64's whatever the input dtype,
 
-      entropy = -sum_{p_i > 0} p_i ln p_i / ln R       (R = 1 is replaced by 1.000001, as WeightWatcher),
+      entropy = -sum_{p_i > 0} p_i ln p_i / ln R       (R = 1 is replaced by 1.000001),
 
-  in [0, 1] for R = n (1: flat spectrum, 0: rank one). Deviations from WeightWatcher, both for numerical
-  sense: 0 ln 0 = 0 (numpy's gives NaN), and the rank tolerance is computed on eigenvalues of the Gram,
-  sigma_max^2 max((N eps)^2, n eps_64), since the Gram eigensolver cannot resolve l below n eps_64 l_max.
+  in [0, 1] for R = n (1: flat spectrum, 0: rank one). Deviations from WeightWatcher 0.7.7, both for numerical
+  sense: it adds EPSILON = 1e-10 to every p_i and to R (so a rank-one matrix divides by ln(1 + 1e-10)), here
+  0 ln 0 = 0 and R = 1 reads 1.000001 (``entropy_from_eigenvalues(rule="ww")`` reproduces 0.7.7's formula); and
+  the rank tolerance is computed on eigenvalues of the Gram, sigma_max^2 max((N eps_64)^2, n eps_64), since the
+  Gram eigensolver cannot resolve l below n eps_64 l_max.
 
 Statuses per metric and matrix (strings of ``rules``): "ok" (and "ok_rank_deficient" from Eq. 2);
 "too_few_eigenvalues" (alpha, alpha_hat: n < min_eigs; min_eigs does not apply to the norms); "non_finite"
@@ -57,7 +59,7 @@ from .rules import (
 
 METRICS = ("alpha", "alpha_hat", "spectral_norm", "frobenius_norm", "stable_rank", "entropy")
 _LOG10_4 = math.log10(4.0)
-_RANK_ONE = 1.000001  # WeightWatcher's stand-in for ln(1) = 0 in the entropy's normaliser
+_RANK_ONE = 1.000001  # stand-in for ln(1) = 0 in the entropy's normaliser (a rank-one matrix)
 
 
 class MetricsResult(NamedTuple):
@@ -202,7 +204,7 @@ def layer_metrics(
             elif k == "stable_rank":
                 v = total / lmax if st == STATUS_OK else float("nan")
             elif k == "entropy":
-                v = _entropy(e, w) if st == STATUS_OK else float("nan")
+                v = entropy_from_eigenvalues(e, w.shape) if st == STATUS_OK else float("nan")
             elif k == "alpha":
                 v, s = alpha[i], a_status[i]
             else:  # alpha_hat
@@ -212,14 +214,25 @@ def layer_metrics(
     return MetricsResult(values, status)
 
 
-def _entropy(e: torch.Tensor, w: torch.Tensor) -> float:
-    """WeightWatcher's normalised matrix entropy from ascending float64 Gram eigenvalues (module docstring)."""
-    n, big = min(w.shape), max(w.shape)
-    eps_in = torch.finfo(torch.float64 if w.dtype == torch.float64 else torch.float32).eps
+ENTROPY_RULES = ("library", "ww")
+WW_EPSILON = 1e-10  # WeightWatcher 0.7.7's constants.EPSILON, added to every p_i and to the rank in its entropy
+
+
+def entropy_from_eigenvalues(e: torch.Tensor, shape: Sequence[int], rule: str = "library") -> float:
+    """WeightWatcher's normalised matrix entropy (module docstring) from one matrix's ascending float64 Gram
+    eigenvalues; ``shape`` is the matrix's 2-D shape (its long side sets the rank tolerance). rule "library": 0 ln 0
+    = 0 and R = 1 reads 1.000001; "ww": WeightWatcher 0.7.7's formula, EPSILON = 1e-10 added to every p_i and R."""
+    if rule not in ENTROPY_RULES:
+        raise ValueError(f"entropy rule must be one of {ENTROPY_RULES}, got {rule!r}")
+    n, big = min(shape), max(shape)
+    eps = torch.finfo(torch.float64).eps  # WeightWatcher casts every weight to float64 before its SVD
     lmax = float(e[-1])
-    tol = lmax * max((big * eps_in) ** 2, n * torch.finfo(torch.float64).eps)
+    tol = lmax * max((big * eps) ** 2, n * eps)
     rank = int((e > tol).sum())
     p = e / e.sum()
+    if rule == "ww":
+        p = p + WW_EPSILON
+        return float(-(p * torch.log(p)).sum()) / math.log(rank + WW_EPSILON)
     p = p[p > 0]
     h = float(-(p * torch.log(p)).sum())
     return h / math.log(_RANK_ONE if rank <= 1 else rank)
