@@ -92,8 +92,9 @@ def warn_unnamed(unnamed: list[str], who: str, *, muon: bool = False) -> None:
         f"{who} got {len(unnamed)} weight matrices without names (e.g. model.parameters()): LLR cannot tell the "
         "embedding (pinned at s*lr) and the LM head from hidden layers without names, so every matrix is treated "
         f"as a hidden linear layer{muon_part}. Pass the model: {who}(model, ...), {who}(model.named_parameters(), ...), or "
-        f"param groups with model=model (Hugging Face Trainer: optimizers=({who}(model, ...), scheduler) or "
-        f"optimizer_cls_and_kwargs=({who}, {{'model': model, ...}}))",
+        f"param groups with model=model (Hugging Face Trainer: optimizer_cls_and_kwargs="
+        f"llr_kernels.integrations.hf.llr_optimizer_cls_and_kwargs(model, {who}, lr=...), which keeps the Trainer's "
+        "decay / no-decay groups)",
         UserWarning,
         stacklevel=caller_stacklevel(),
     )
