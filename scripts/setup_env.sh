@@ -20,7 +20,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 if ! python -c "import torch" >/dev/null 2>&1; then
-  echo "[setup] installing $TORCH_SPEC ${TORCH_PIP_ARGS:-(pip's default index: the CUDA build on Linux)}" >&2
+  where=${TORCH_PIP_ARGS:-"from the default index (on Linux: the CUDA build)"}
+  echo "[setup] installing $TORCH_SPEC $where" >&2
   # shellcheck disable=SC2086  # the extra pip arguments are words
   python -m pip install -q $TORCH_PIP_ARGS "$TORCH_SPEC"
 fi

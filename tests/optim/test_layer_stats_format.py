@@ -127,3 +127,16 @@ def test_records_make_a_dataframe(seed):
     assert df["alpha"].dtype == "float64" and df["multiplier"].dtype == "float64"
     emb = df.set_index("name").loc["model.embed_tokens.weight"]
     assert emb["kind"] == "embedding" and emb["multiplier"] == 3.0 and emb["shape"] == "96x64"
+
+
+def test_readme_example_has_the_printed_layout():
+    """The README's example output has the header and rule lines format_layer_stats prints for that model."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme[readme.index("```text\nLLRAdamW at step"):].split("```")[1].splitlines()[1:]
+    model = TinyLlama()
+    printed = format_layer_stats(LLRAdamW(model, lr=1e-3, backend="torch")).splitlines()
+    assert block[1] == printed[1]  # the column header
+    assert block[2].rstrip("-") == printed[2].rstrip("-")  # the rule, up to the status column's width
+    assert block[-1] == printed[-1]  # the folded norms
