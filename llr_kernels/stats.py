@@ -8,7 +8,8 @@ rows already taken from ``layer_stats()`` (a training log). Norms and biases (ki
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .optim.wrappers import unwrap
 

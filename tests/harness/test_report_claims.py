@@ -11,14 +11,12 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PY = ROOT / "python"
 sys.path.insert(0, str(PY))
 
-import report  # noqa: E402
-import train  # noqa: E402
+import report
+import train
 
 CONFIG = dict(model="cpu", data="sample", vocab_size=4096, tokenizer_train_chars=50_000_000, seq_len=128,
               batch_size=32, steps=120, warmup=0.1, min_lr_ratio=0.1, weight_decay=0.1, beta1=0.9, beta2=0.95,

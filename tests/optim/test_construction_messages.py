@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import TinyLlama
 from torch import nn
 
 from llr_kernels import LLRAdamW, LLRMuon
-from tiny_models import TinyLlama
 
 ORDER_WARNING = "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
 
@@ -74,7 +74,7 @@ def _loop(model: nn.Module, opt: torch.optim.Optimizer, *, compile_step: str | N
         for _ in range(steps):
             idx = torch.randint(0, 96, (2, 8), generator=g)
 
-            def loss_fn() -> torch.Tensor:
+            def loss_fn(idx: torch.Tensor = idx) -> torch.Tensor:
                 opt.zero_grad()
                 loss = model(idx).logsumexp(-1).mean()
                 loss.backward()

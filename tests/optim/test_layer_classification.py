@@ -14,9 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported:
 
 import pytest
 import torch
+from conftest import needs
 from torch import nn
 
-from conftest import needs
 from llr_kernels import LLRAdamW, classify_parameters
 
 HF_MISSING = None if importlib.util.find_spec("transformers") else "transformers not installed (pip install -e '.[test]')"
@@ -217,7 +217,7 @@ def test_head_found_by_role_whatever_its_name(head_name):
 def test_head_by_name_without_a_model():
     """From (name, tensor) pairs only the names are there: ``head`` and ``lm_head`` are heads, as are GPT-NeoX's
     ``embed_out`` and Meta LLaMA's ``output``; a hidden matrix named like a block output is not."""
-    w = lambda *s: nn.Parameter(torch.randn(*s))  # noqa: E731
+    w = lambda *s: nn.Parameter(torch.randn(*s))
     named = [("head.weight", w(50, 16)), ("lm_head.weight", w(50, 16)), ("embed_out.weight", w(50, 16)),
              ("output.weight", w(50, 16)), ("layers.0.attention.output.dense.weight", w(16, 16)),
              ("layers.0.head_proj.weight", w(16, 16))]

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-
 from conftest import needs
-from llr_kernels import LLRAdamW, LLRMuon, format_layer_stats, layer_records
 from tiny_models import TinyLlama
+
+from llr_kernels import LLRAdamW, LLRMuon, format_layer_stats, layer_records
 
 
 def rows_of(table: str) -> dict[str, list[str]]:

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
+from conftest import backend_missing, needs
 
 import llr_kernels.ops.extension as ext
-from conftest import backend_missing, needs
 from llr_kernels import info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -75,17 +75,17 @@ def test_info_prints_the_extension_state_and_the_backend_table(tmp_path):
     assert "C++ extension: unavailable (disabled by LLR_DISABLE_EXT=1)" in out.stdout
     assert f"JIT cache: {tmp_path}" in out.stdout
     assert "adamw_step     auto -> torch" in out.stdout and "cpp: the C++ extension is unavailable" in out.stdout
-    quick = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--status"], capture_output=True, text=True,
-                           env=env, cwd=ROOT, timeout=300)
+    quick = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--status"], check=False, capture_output=True,
+                           text=True, env=env, cwd=ROOT, timeout=300)
     assert quick.returncode == 0 and "C++ extension: unavailable" in quick.stdout and "[cpu]" not in quick.stdout
-    failed = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], capture_output=True, text=True, env=env,
-                            cwd=ROOT, timeout=300)
+    failed = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], check=False, capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=300)
     assert failed.returncode == 1  # --ext promises a loaded extension: it says why there is none
     assert "C++ extension: could not be built or loaded: disabled by LLR_DISABLE_EXT=1" in failed.stdout
 
 
 def test_help_exits_0_and_bad_options_exit_2(capsys):
-    out = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--help"], capture_output=True, text=True, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--help"], check=False, capture_output=True, text=True, cwd=ROOT,
                          timeout=300)
     assert out.returncode == 0 and "usage: python -m llr_kernels.info" in out.stdout
     text = " ".join(out.stdout.split())  # argparse wraps to the terminal width
@@ -133,7 +133,7 @@ def test_ext_builds_and_loads_when_nothing_is_built(fresh_ext, monkeypatch, caps
 
 @needs(backend_missing("cpp", torch.device("cpu")), "the C++ extension")
 def test_ext_loads_the_real_extension():
-    out = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], capture_output=True, text=True, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], check=False, capture_output=True, text=True, cwd=ROOT,
                          timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(x for x in out.stdout.splitlines() if x.startswith("C++ extension:"))
