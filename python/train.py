@@ -5,7 +5,7 @@ Every arm of a comparison gets the same model initialisation and the same batche
 clipping at 1.0. Validation loss is measured on a fixed held-out set at fixed intervals. Results go to a
 run directory: metrics.json (everything, written after every run), results.md (the table) and PNG plots.
 
-    python python/train.py --preset cpu-demo                 # the README's main job (CPU, < 10 min)
+    python python/train.py --preset cpu-demo                 # the README's main job (CPU; 5 min on 2 idle cores)
     python python/train.py --preset gpu-60m --lrs 5e-4,1e-3,2e-3
     python python/train.py --preset cpu-demo --data shared --arms uniform,llr,muon,llr-muon
 
