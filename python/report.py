@@ -407,9 +407,9 @@ def plot_layer_heatmaps(metrics: dict[str, Any], key: str, path: Path, title: st
         ax.set_xticklabels([labels[i] for i in ticks], fontsize=7, rotation=30, ha="right")
         for i in grad_cols:
             ax.add_patch(plt.Rectangle((i - 0.5, -0.5), 1, len(names), fill=False, ec="red", lw=1.2))
-        phase = (f"outlined columns marked (grad): alphas of the gradients (first {metrics['config']['grad_phase']:.0%}"
-                 " of steps); the other columns: alphas of the weights") if grad_cols else "alphas of the weights"
-        ax.set_xlabel(f"step of the snapshot ({phase})", fontsize=7)
+        phase = (f"(grad), outlined: alphas of the gradients (first {metrics['config']['grad_phase']:.0%} of steps);"
+                 "\nthe other columns: alphas of the weights") if grad_cols else "alphas of the weights"
+        ax.set_xlabel(f"step of the snapshot\n{phase}", fontsize=7)
         ax.set_title(f"{title}: {r['arm']}, lr {r['lr']:g}, seed {r['seed']}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
