@@ -1,15 +1,17 @@
 """Which backends work on this machine, and why the others do not: ``python -m llr_kernels.info``.
 
-Prints the versions that matter, the state of the C++ extension (ahead-of-time ``_C``, JIT build cached, JIT
-would build, or unavailable and why; the sources and the cache directory), then for every device present and
-every op of the dispatch table which backends can run it (or the reason they cannot) and what
-``backend="auto"`` picks. Checking the "cpp" backend loads the C++ extension, building it first if it is not
-cached yet; ``--ext`` prints the versions and the extension's state only, never building anything.
+    python -m llr_kernels.info            versions, the C++ extension's state, and per device which backend runs
+                                          each op (checking "cpp" loads the extension, building it if needed)
+    python -m llr_kernels.info --ext      build the C++ extension now if it is not built, load it, say from where
+                                          (exit status 1 when it cannot be had, with the reason)
+    python -m llr_kernels.info --status   versions and the extension's state only: builds and loads nothing
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
+import time
 
 import torch
 
@@ -17,11 +19,12 @@ from . import __version__
 from .ops import dispatch
 from .ops import extension as _ext
 
+# a short name per state of ``ops.extension.status()``; the detail it returns follows in parentheses
 EXT_STATES = {
     "loaded": "loaded",
     "aot": "ahead-of-time build (llr_kernels._C)",
     "jit_cached": "JIT build cached",
-    "jit_build": "not built yet: the first use builds it",
+    "jit_build": "not built yet",
     "unavailable": "unavailable",
 }
 
@@ -55,8 +58,25 @@ def extension_lines() -> list[str]:
             f"  sources: {st['sources']}; JIT cache: {st['cache_dir']} (LLR_KERNELS_CACHE)"]
 
 
-def report(backends: bool = True) -> str:
-    """The whole report as text; ``backends=False``: versions and the extension's state only."""
+def build_and_load_lines() -> tuple[bool, list[str]]:
+    """Build the extension if needed and load it (``ops.extension.load_extension``): (loaded, report lines)."""
+    before = _ext.status()
+    if before["state"] == "jit_build":
+        print("building the C++ extension (1-3 minutes, once) ...", flush=True)
+    t0 = time.perf_counter()
+    mod = _ext.load_extension()
+    seconds = time.perf_counter() - t0
+    if mod is None:
+        return False, [f"C++ extension: could not be built or loaded: {_ext.status()['detail']}",
+                       "  the 'torch' and 'triton' backends still work; LLR_EXT_VERBOSE=1 shows the compiler output"]
+    how = {"loaded": "already loaded in this process", "aot": "the ahead-of-time build",
+           "jit_cached": "the cached JIT build", "jit_build": f"built now in {seconds:.0f} s"}.get(before["state"], "")
+    cuda = "with CUDA kernels" if getattr(mod, "with_cuda", False) else "CPU kernels only"
+    return True, [f"C++ extension: loaded {how}, {cuda}: {getattr(mod, '__file__', mod)}",
+                  f"  sources: {before['sources']}; JIT cache: {before['cache_dir']} (LLR_KERNELS_CACHE)"]
+
+
+def version_lines() -> list[str]:
     try:
         import triton
 
@@ -71,7 +91,12 @@ def report(backends: bool = True) -> str:
     ]
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
-    lines += extension_lines()  # before the table: checking the "cpp" backend loads (or builds) it
+    return lines
+
+
+def report(backends: bool = True) -> str:
+    """The whole report as text; ``backends=False``: versions and the extension's state only (nothing built)."""
+    lines = version_lines() + extension_lines()  # before the table: checking the "cpp" backend loads (or builds) it
     if not backends:
         return "\n".join(lines)
     for dev in devices():
@@ -83,12 +108,27 @@ def report(backends: bool = True) -> str:
     return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m llr_kernels.info",
+                                 description="Versions, the C++ extension, and which backend runs each op here.")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--ext", action="store_true",
+                      help="build the C++ extension now if needed, load it and say from where (exit 1 if it cannot)")
+    mode.add_argument("--status", action="store_true",
+                      help="versions and the extension's state only; builds and loads nothing")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a not in ("--ext",) for a in argv):
-        print("usage: python -m llr_kernels.info [--ext]   (--ext: the C++ extension's state only, no build)")
-        return 2
-    print(report(backends="--ext" not in argv))
+    try:
+        args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return the status instead of exiting
+        return int(exc.code or 0)
+    if args.ext:
+        ok, lines = build_and_load_lines()
+        print("\n".join(version_lines() + lines))
+        return 0 if ok else 1
+    print(report(backends=not args.status))
     return 0
 
 

@@ -4,11 +4,17 @@ Every trainable parameter gets a kind. Matrix kinds (attention, FFN, other Linea
 Hill-alpha map; ``embedding`` (and optionally ``lm_head``) are pinned at the top of the range; ``vector``
 (norms, biases) stays at multiplier 1; ``frozen`` parameters are not stepped. A weight shared by several
 modules (an embedding tied to the LM head) is one layer, named after its first name, kind ``embedding``.
-Naming covers Hugging Face LLaMA / Qwen / Mistral / GPT-2 / GPT-NeoX, Meta LLaMA, nanoGPT and plain
-``nn.Linear`` stacks; a ``classify`` callable overrides any decision. Weights stored transposed, as
-(in_features, out_features) (Hugging Face ``Conv1D`` in GPT-2), are recognised from their module's type and
-report their logical (out, in) shape, which Muon's shape factor uses; from names alone they cannot be told
-apart from ``nn.Linear`` (nanoGPT uses the same names), so pass the model.
+
+With a model, the role of a module decides first: an ``nn.Embedding`` (subclasses included) is an embedding;
+the output head is the module Hugging Face's ``get_output_embeddings()`` names (the projection that feeds the
+loss), or, for other models, the last Linear from the model dimension to the vocabulary (the rows of the input
+embedding). Names decide the rest: the patterns cover Hugging Face LLaMA, Mistral / Mixtral (experts stored as
+3-D stacks included), Qwen2, Gemma, Phi / Phi-3, GPT-2, GPT-J, GPT-NeoX, Falcon, BLOOM, OPT, BERT and T5, Meta
+LLaMA, nanoGPT (``head`` / ``lm_head``) and plain ``nn.Linear`` stacks; ``tests/optim/test_layer_classification.py``
+holds the table. A ``classify`` callable overrides any decision. Weights stored transposed, as (in_features,
+out_features) (Hugging Face ``Conv1D`` in GPT-2), are recognised from their module's type and report their
+logical (out, in) shape, which Muon's shape factor uses; from names alone they cannot be told apart from
+``nn.Linear`` (nanoGPT uses the same names), so pass the model.
 """
 from __future__ import annotations
 
@@ -27,21 +33,26 @@ KINDS = MATRIX_KINDS + ("embedding", "lm_head", "vector", "frozen")
 # A user override: (name, param, module or None) -> a kind from KINDS, or None to keep the default.
 Classifier = Callable[[str, torch.Tensor, Optional[nn.Module]], Optional[str]]
 
-# Ordered (pattern, kind) rules on the lower-cased full parameter name. First match wins.
+# Ordered (pattern, kind) rules on the lower-cased full parameter name. First match wins. "(\.weight)?$": a
+# parameter may be held by its module directly (Mixtral's expert stacks: ``experts.gate_up_proj``).
+_W = r"(\.weight)?$"
+_ATT = r"(attn|attention|selfattention|encdecattention)"  # the block that holds q/k/v/o (T5: SelfAttention)
+_FFN = r"(mlp|ffn|feed_forward|densereludense|experts|moe)"  # the block that holds the FFN
 _NAME_RULES: tuple[tuple[str, str], ...] = (
-    (r"(^|\.)(lm_head|embed_out|output)\.weight$", "lm_head"),
+    (r"(^|\.)(lm_head|embed_out|output|head)\.weight$", "lm_head"),
     (r"(embed|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", "embedding"),
     (r"(qkv|c_attn|query_key_value|in_proj_weight)", "attn_qkv"),
-    (r"(q_proj|\.wq|\.query)\.weight$", "attn_q"),
-    (r"(k_proj|\.wk|\.key)\.weight$", "attn_k"),
-    (r"(v_proj|\.wv|\.value)\.weight$", "attn_v"),
-    (r"(o_proj|\.wo|out_proj)\.weight$", "attn_o"),
-    (r"(attn|attention).*(c_proj|dense|proj)\.weight$", "attn_o"),
-    (r"gate_up_proj\.weight$", "ffn_gate_up"),
-    (r"(gate_proj|\.w1)\.weight$", "ffn_gate"),
-    (r"(up_proj|\.w3|c_fc|fc1|fc_in|dense_h_to_4h)\.weight$", "ffn_up"),
-    (r"(down_proj|\.w2|fc2|fc_out|dense_4h_to_h)\.weight$", "ffn_down"),
-    (r"(mlp|ffn|feed_forward).*(c_proj|proj)\.weight$", "ffn_down"),
+    (rf"(q_proj|\.wq|\.query|{_ATT}\.q){_W}", "attn_q"),
+    (rf"(k_proj|\.wk|\.key|{_ATT}\.k){_W}", "attn_k"),
+    (rf"(v_proj|\.wv|\.value|{_ATT}\.v){_W}", "attn_v"),
+    (rf"{_FFN}\.wo{_W}", "ffn_down"),  # T5's DenseReluDense.wo, before Meta LLaMA's attention.wo
+    (rf"(o_proj|\.wo|out_proj|{_ATT}\.o){_W}", "attn_o"),
+    (rf"{_ATT}.*(c_proj|dense|proj){_W}", "attn_o"),  # GPT-2 c_proj, NeoX / Falcon / Phi / BERT dense
+    (rf"gate_up_proj{_W}", "ffn_gate_up"),
+    (rf"(gate_proj|\.w1|\.wi_0){_W}", "ffn_gate"),
+    (rf"(up_proj|\.w3|\.wi|\.wi_1|c_fc|fc1|fc_in|dense_h_to_4h|intermediate\.dense){_W}", "ffn_up"),
+    (rf"(down_proj|\.w2|fc2|fc_out|dense_4h_to_h|layer\.\d+\.output\.dense){_W}", "ffn_down"),  # BERT: layer.N.output
+    (rf"{_FFN}.*(c_proj|proj){_W}", "ffn_down"),
 )
 _COMPILED = tuple((re.compile(p), k) for p, k in _NAME_RULES)
 
@@ -76,14 +87,17 @@ def stores_transposed(module: nn.Module | None) -> bool:
     return module is not None and type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d)
 
 
-def kind_from_name(name: str, param: torch.Tensor, module: nn.Module | None = None) -> str:
-    """Default classification of one parameter from its name, shape and owning module."""
+def kind_from_name(name: str, param: torch.Tensor, module: nn.Module | None = None, *, head: bool = False) -> str:
+    """Default classification of one parameter: frozen, vector (1-D), the owning module's role (an Embedding;
+    ``head=True``: the model's output head), then the name rules, then the module type."""
     if not param.requires_grad:
         return "frozen"
     if param.dim() < 2:
         return "vector"
-    if isinstance(module, nn.Embedding):
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return "embedding"
+    if head:
+        return "lm_head"
     low = name.lower()
     for pattern, kind in _COMPILED:
         if pattern.search(low):
@@ -91,6 +105,46 @@ def kind_from_name(name: str, param: torch.Tensor, module: nn.Module | None = No
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or param.dim() > 2:
         return "conv"
     return "linear"
+
+
+def output_head_params(model: nn.Module) -> set[int]:
+    """ids of the weights of the model's output head (the projection to the vocabulary that feeds the loss).
+
+    A Hugging Face model names it: ``get_output_embeddings()``. Otherwise: the last ``nn.Linear`` (or ``Conv1D``)
+    whose logical shape is (vocabulary, model dimension), read off the input embedding (``get_input_embeddings()``
+    or the ``nn.Embedding`` with the most rows). Empty when there is none (an encoder without a head)."""
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            out = getter()
+        except (AttributeError, NotImplementedError, TypeError):
+            out = None
+        weight = getattr(out, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return {id(weight)}
+    emb = None
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            emb = getter()
+        except (AttributeError, NotImplementedError, TypeError):
+            emb = None
+    if not isinstance(emb, nn.Embedding):
+        embs = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+        emb = max(embs, key=lambda m: m.num_embeddings, default=None)
+    if emb is None:
+        return set()
+    want = (emb.num_embeddings, emb.embedding_dim)
+    last = None
+    for mod in model.modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or w is emb.weight:
+            continue
+        if isinstance(mod, nn.Linear) or stores_transposed(mod):
+            shape = (w.shape[1], w.shape[0]) if stores_transposed(mod) else tuple(w.shape)
+            if shape == want:
+                last = w
+    return set() if last is None else {id(last)}
 
 
 def _owners(model: nn.Module) -> dict[int, tuple[torch.Tensor, list[str], list[nn.Module]]]:
@@ -118,8 +172,9 @@ def classify_parameters(
     """
     layers: list[Layer] = []
     if isinstance(source, nn.Module):
+        heads = output_head_params(source)
         for param, names, mods in _owners(source).values():
-            kinds = [kind_from_name(n, param, m) for n, m in zip(names, mods)]
+            kinds = [kind_from_name(n, param, m, head=id(param) in heads) for n, m in zip(names, mods)]
             kind = _tied_kind(kinds)
             layer = Layer(names[0], kind, param, names, transposed=stores_transposed(mods[0]) and param.dim() == 2)
             layers.append(_override(layer, classify, mods[0]))

@@ -184,6 +184,86 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- the README's table
+
+# How far a rerun of a published run may land and still count as reproducing it: each arm's mean final validation
+# perplexity within this fraction of the published mean, and the same sign of LLR - Uniform in every seed. Runs are
+# deterministic on one machine; across machines BLAS summation order (CPU model, thread count, library build) changes
+# the last bits of every step, and 120 steps amplify that: a rerun of the README's earlier table on another machine
+# of the same kind landed 0.5% (Uniform) and 0.7% (LLR) away in the means and up to 1.2% in one seed; the
+# seed-to-seed spread is 6-7%. See README "Result".
+REFERENCE_TOLERANCE = 0.03
+# Config entries that change the numbers: a reference run with other values is not comparable.
+_COMPARED_CONFIG = ("model", "data", "vocab_size", "tokenizer_train_chars", "seq_len", "batch_size", "steps", "warmup",
+                    "min_lr_ratio", "weight_decay", "beta1", "beta2", "clip", "s", "muon_s", "interval", "grad_phase",
+                    "active_until", "ramp_steps", "eval_windows", "tie_embeddings", "muon_lr_ratio")
+
+
+def readme_table(metrics: dict[str, Any]) -> str:
+    """The compact table the README shows: per (LR, arm) the final validation perplexity (mean ± sd over seeds and
+    each seed), the paired difference in final validation loss against Uniform and the steps to Uniform's final
+    loss."""
+    lines = ["| LR | arm | final val ppl (mean ± sd) | per seed | Δ val loss vs Uniform (paired) | steps to Uniform's final val loss |",
+             "|---|---|---|---|---|---|"]
+    for r in summarize(metrics):
+        diff = "—" if r["arm"] == "uniform" or not r["diffs"] else _fmt_ms(r["diffs"], 4)
+        reach = "—" if r["arm"] == "uniform" or not r["reach"] else ", ".join(
+            "not reached" if x is None else f"{x}" for x in r["reach"]) + f" (of {r['steps']})"
+        lines.append(f"| {r['lr']:g} | {r['arm']} | {_fmt_ms(r['ppl'])} | {', '.join(f'{p:.2f}' for p in r['ppl'])} "
+                     f"| {diff} | {reach} |")
+    return "\n".join(lines)
+
+
+def compare_to_reference(metrics: dict[str, Any], reference: dict[str, Any], where: str,
+                         tolerance: float = REFERENCE_TOLERANCE) -> str:
+    """This run against a published run (the README's table): per (LR, arm) the published and the new mean
+    perplexity and their relative difference, per seed, and whether LLR - Uniform kept its sign in every seed.
+    Says "not comparable" and why when the two runs differ in a config entry that changes the numbers."""
+    head = f"Comparison with the published table ({where}, measured {reference.get('started', '?')} on " \
+           f"{reference.get('machine', {}).get('gpu', reference.get('machine', {}).get('platform', '?'))}):"
+    c, rc = metrics["config"], reference.get("config", {})
+    differ = [f"{k} = {c.get(k)!r} here, {rc.get(k)!r} there" for k in _COMPARED_CONFIG if c.get(k) != rc.get(k)]
+    if differ:
+        return head + "\n- not comparable: " + "; ".join(differ)
+    mine = {(r["lr"], r["arm"]): r for r in summarize(metrics)}
+    theirs = {(r["lr"], r["arm"]): r for r in summarize(reference)}
+    lines, verdicts = [head], []
+    for key in sorted(mine.keys() & theirs.keys(), key=lambda k: (k[0], _arm_order(k[1]))):
+        a, b = mine[key], theirs[key]
+        seeds_a = dict(zip([s for s in a["seeds"]], a["ppl"])) if len(a["ppl"]) == len(a["seeds"]) else {}
+        seeds_b = dict(zip([s for s in b["seeds"]], b["ppl"])) if len(b["ppl"]) == len(b["seeds"]) else {}
+        common = sorted(seeds_a.keys() & seeds_b.keys())
+        if not common:
+            continue
+        ma, mb = statistics.fmean(seeds_a[s] for s in common), statistics.fmean(seeds_b[s] for s in common)
+        rel = ma / mb - 1.0
+        ok = abs(rel) <= tolerance
+        verdicts.append(ok)
+        per_seed = ", ".join(f"seed {s}: {seeds_b[s]:.2f} -> {seeds_a[s]:.2f} ({100 * (seeds_a[s] / seeds_b[s] - 1):+.1f}%)"
+                             for s in common)
+        lines.append(f"- lr {key[0]:g}, {key[1]}: mean ppl {mb:.2f} published, {ma:.2f} here ({100 * rel:+.2f}%, "
+                     f"{'within' if ok else 'OUTSIDE'} ±{100 * tolerance:g}%); {per_seed}")
+    for lr in sorted({k[0] for k in mine}):
+        for arm in sorted({k[1] for k in mine if k[0] == lr and k[1] != "uniform"}, key=_arm_order):
+            if (lr, arm) not in theirs:
+                continue
+            sign_a = [d < 0 for d in mine[(lr, arm)]["diffs"]]
+            sign_b = [d < 0 for d in theirs[(lr, arm)]["diffs"]]
+            same = sign_a == sign_b
+            verdicts.append(same)
+            lines.append(f"- lr {lr:g}, {arm} vs Uniform per seed: {_signs(sign_b)} published, {_signs(sign_a)} here: "
+                         f"{'the same' if same else 'DIFFERENT'}")
+    if not verdicts:
+        return head + "\n- not comparable: no (LR, arm, seed) in common"
+    lines.append("=> reproduces the published table within its stated tolerance" if all(verdicts) else
+                 "=> does NOT reproduce the published table within its stated tolerance")
+    return "\n".join(lines)
+
+
+def _signs(lower: list[bool]) -> str:
+    return "[" + ", ".join("lower" if x else "higher" for x in lower) + "]"
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -195,8 +275,20 @@ def _ema(xs: list[float], span: int) -> list[float]:
     return out
 
 
-def plot_loss_curves(metrics: dict[str, Any], path: Path) -> None:
-    """Train loss (EMA, mean over seeds, min-max band) and validation loss per arm, one panel per LR."""
+def run_title(metrics: dict[str, Any]) -> str:
+    """One line with everything that defines the runs: model, tokens, schedule, optimizer settings, seeds."""
+    c, m = metrics["config"], metrics["model"]
+    warm = int(round(c["warmup"] * c["steps"]))
+    return (f"{c['model']} {m['arch']} ({metrics['params'] / 1e6:.2f}M params), {c['steps']} steps x "
+            f"{c['batch_size'] * c['seq_len']:,} tokens of {metrics['data']['source']}; warmup {warm} + cosine to "
+            f"{c['min_lr_ratio']:g}x, wd {c['weight_decay']:g}, clip {c['clip']:g}; LLR s={c['s']:g}, interval "
+            f"{c['interval']}, gradient alphas for {c['grad_phase']:.0%}; seeds {','.join(str(s) for s in c['seeds'])}")
+
+
+def loss_figure(metrics: dict[str, Any]) -> Any:
+    """Two panels per LR: the whole run (the y-axis holds every plotted point, the first steps included) and the
+    second half zoomed in, where the arms separate. Train loss: EMA, mean over seeds, min-max band; validation
+    loss: dashed, mean over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,33 +298,59 @@ def plot_loss_curves(metrics: dict[str, Any], path: Path) -> None:
     runs = metrics["runs"]
     lrs = sorted({r["lr"] for r in runs})
     arms = sorted({r["arm"] for r in runs}, key=_arm_order)
-    fig, axes = plt.subplots(1, len(lrs), figsize=(6 * len(lrs), 4.2), squeeze=False)
-    span = max(2, metrics["config"]["steps"] // 20)
-    for ax, lr in zip(axes[0], lrs):
+    steps = metrics["config"]["steps"]
+    fig, axes = plt.subplots(len(lrs), 2, figsize=(13, 4.4 * len(lrs)), squeeze=False)
+    span = max(2, steps // 20)
+    for (ax, zoom), lr in zip(axes, lrs):
+        plotted: list[tuple[np.ndarray, np.ndarray]] = []  # (x, y) of every line, for the axes' limits
         for ci, arm in enumerate(arms):
             rs = [r for r in runs if r["lr"] == lr and r["arm"] == arm]
             if not rs:
                 continue
             color = f"C{ci}"
             n = min(len(r["train_loss"]) for r in rs)
-            if n:
-                curves = np.array([_ema(r["train_loss"][:n], span) for r in rs])
-                x = np.arange(1, n + 1)
-                ax.plot(x, curves.mean(0), color=color, lw=1.5, label=f"{arm} train (EMA, {len(rs)} seeds)")
-                if len(rs) > 1:
-                    ax.fill_between(x, curves.min(0), curves.max(0), color=color, alpha=0.2, lw=0)
-            vs = sorted({v["step"] for r in rs for v in r["val"]})
-            vm = [statistics.fmean(v["loss"] for r in rs for v in r["val"] if v["step"] == s) for s in vs]
-            ax.plot(vs, vm, color=color, ls="--", marker="o", ms=3, label=f"{arm} val")
-        ax.set_title(f"lr {lr:g}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cross-entropy (nats/token)")
-        finals = [v["loss"] for r in runs if r["lr"] == lr for v in r["val"][1:]]
-        if finals:
-            ax.set_ylim(min(finals) - 0.3, max(finals) + 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+            for a in (ax, zoom):
+                if n:
+                    curves = np.array([_ema(r["train_loss"][:n], span) for r in rs])
+                    x = np.arange(1, n + 1)
+                    a.plot(x, curves.mean(0), color=color, lw=1.5, label=f"{arm} train (EMA, {len(rs)} seeds)")
+                    if len(rs) > 1:
+                        a.fill_between(x, curves.min(0), curves.max(0), color=color, alpha=0.2, lw=0)
+                    if a is ax:
+                        plotted += [(x, curves.min(0)), (x, curves.max(0))]
+                vs = sorted({v["step"] for r in rs for v in r["val"]})
+                vm = np.array([statistics.fmean(v["loss"] for r in rs for v in r["val"] if v["step"] == s) for s in vs])
+                a.plot(vs, vm, color=color, ls="--", marker="o", ms=3, label=f"{arm} val (mean)")
+                if a is ax:
+                    plotted.append((np.array(vs, dtype=float), vm))
+        lo = min(float(np.min(y)) for _, y in plotted)
+        hi = max(float(np.max(y)) for _, y in plotted)
+        pad = 0.04 * (hi - lo or 1.0)
+        ax.set_ylim(lo - pad, hi + pad)
+        late = [y[x >= steps / 2] for x, y in plotted]
+        late = [y for y in late if y.size]
+        if late:
+            zlo, zhi = min(float(y.min()) for y in late), max(float(y.max()) for y in late)
+            zpad = 0.08 * (zhi - zlo or 0.1)
+            zoom.set_ylim(zlo - zpad, zhi + zpad)
+        zoom.set_xlim(steps / 2, steps + max(1, steps // 50))
+        ax.set_title(f"lr {lr:g}: the whole run", fontsize=10)
+        zoom.set_title(f"lr {lr:g}: second half, zoomed", fontsize=10)
+        for a in (ax, zoom):
+            a.set_xlabel("step")
+            a.set_ylabel("cross-entropy (nats/token)")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=7)
+    fig.suptitle(run_title(metrics), fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_loss_curves(metrics: dict[str, Any], path: Path) -> None:
+    """``loss_figure`` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(metrics)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -241,11 +359,19 @@ def _short(name: str) -> str:
     return name.replace(".weight", "").replace("layers.", "L").replace("self_attn.", "").replace("attn.", "").replace("mlp.", "")
 
 
+def column_labels(stats: dict[str, Any]) -> list[str]:
+    """x labels of a heatmap: the step of each snapshot, marked "(grad)" where its alphas were measured on the
+    gradients (LLR's gradient phase, the first ``grad_phase`` of training), not on the weights."""
+    sources = stats.get("source") or [None] * len(stats["steps"])
+    return [f"{s} (grad)" if src == "grad" else str(s) for s, src in zip(stats["steps"], sources)]
+
+
 def plot_layer_heatmaps(metrics: dict[str, Any], key: str, path: Path, title: str) -> bool:
     """Heatmap of a per-layer quantity (alpha or multiplier) over training steps, one panel per LLR arm/LR.
 
     Uses the first seed of each (arm, lr); layers that never have a finite value (norms, biases) are left
-    out. Returns False when no run logged layer statistics.
+    out. Columns whose alphas came from gradients (the gradient phase) are labelled "(grad)" and outlined.
+    Returns False when no run logged layer statistics.
     """
     import matplotlib
 
@@ -274,10 +400,16 @@ def plot_layer_heatmaps(metrics: dict[str, Any], key: str, path: Path, title: st
         im = ax.imshow(np.ma.masked_invalid(mat), aspect="auto", interpolation="nearest", cmap="viridis")
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names, fontsize=6)
-        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)
+        labels = column_labels(st)
+        grad_cols = [i for i, lab in enumerate(labels) if lab.endswith("(grad)")]
+        ticks = sorted(set(np.linspace(0, len(steps) - 1, min(len(steps), 8)).round().astype(int)) | set(grad_cols))
         ax.set_xticks(ticks)
-        ax.set_xticklabels([str(steps[i]) for i in ticks], fontsize=7)
-        ax.set_xlabel("step")
+        ax.set_xticklabels([labels[i] for i in ticks], fontsize=7, rotation=30, ha="right")
+        for i in grad_cols:
+            ax.add_patch(plt.Rectangle((i - 0.5, -0.5), 1, len(names), fill=False, ec="red", lw=1.2))
+        phase = (f"(grad), outlined: alphas of the gradients (first {metrics['config']['grad_phase']:.0%} of steps);"
+                 "\nthe other columns: alphas of the weights") if grad_cols else "alphas of the weights"
+        ax.set_xlabel(f"step of the snapshot\n{phase}", fontsize=7)
         ax.set_title(f"{title}: {r['arm']}, lr {r['lr']:g}, seed {r['seed']}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()

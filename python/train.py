@@ -5,7 +5,7 @@ Every arm of a comparison gets the same model initialisation and the same batche
 clipping at 1.0. Validation loss is measured on a fixed held-out set at fixed intervals. Results go to a
 run directory: metrics.json (everything, written after every run), results.md (the table) and PNG plots.
 
-    python python/train.py --preset cpu-demo                 # the README's main job (CPU, < 10 min)
+    python python/train.py --preset cpu-demo                 # the README's main job (CPU; 5 min on 2 idle cores)
     python python/train.py --preset gpu-60m --lrs 5e-4,1e-3,2e-3
     python python/train.py --preset cpu-demo --data shared --arms uniform,llr,muon,llr-muon
 
@@ -59,7 +59,7 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
     "cpu-demo": dict(
         model="cpu", data="sample", vocab_size=4096, seq_len=128, batch_size=32, steps=120,
         lrs="4e-3", seeds="0,1,2", arms="uniform,llr", eval_every=20, eval_windows=128,
-        interval=20, s=3.0, muon_s=2.0,
+        interval=20, s=3.0, muon_s=2.0, reference="benchmarks/results/train_cpu_demo.json",
     ),
     # Seconds: for tests and a quick look that the pipeline works.
     "smoke": dict(
@@ -98,7 +98,7 @@ DEFAULTS: dict[str, Any] = dict(
     weight_decay=0.1, beta1=0.9, beta2=0.95, clip=1.0, s=3.0, muon_s=2.0, interval=20,
     grad_phase=0.05, active_until=1.0, ramp_steps=0, backend="auto", muon_lr_ratio=10.0, arm_lr_scale=None,
     tie_embeddings=None, device="auto", dtype="auto", compile=False, threads="auto", cache_dir=None,
-    out=None, publish=None, no_progress=False, no_plots=False,
+    out=None, publish=None, no_progress=False, no_plots=False, reference=None,
 )
 
 
@@ -126,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--publish", default=None, help="also write results to PREFIX.md and PREFIX.json (e.g. benchmarks/results/train_cpu_demo)")
     ap.add_argument("--no-progress", action="store_true", default=None, help="no tqdm bars (log lines instead)")
     ap.add_argument("--no-plots", action="store_true", default=None)
+    ap.add_argument("--reference", default=None, help="metrics.json of a published run (the README's table) to compare "
+                    "this run against at the end; 'none': no comparison (cpu-demo: benchmarks/results/train_cpu_demo.json)")
     g = ap.add_argument_group("model and data")
     g.add_argument("--model", choices=sorted(models.MODEL_PRESETS), help="model size preset")
     g.add_argument("--tie-embeddings", dest="tie_embeddings", action="store_true", default=None)
@@ -317,11 +319,9 @@ def evaluate(model: torch.nn.Module, batches: list, device: torch.device, autoca
     return tot / n
 
 
-def _layer_snapshot(opts: list) -> list[dict] | None:
-    for o in opts:
-        if hasattr(o, "layer_stats"):
-            return o.layer_stats()
-    return None
+def _llr_optimizer(opts: list) -> Any:
+    """The arm's LLR optimizer (the one with layer_stats), or None."""
+    return next((o for o in opts if hasattr(o, "layer_stats")), None)
 
 
 def train_one(
@@ -345,7 +345,8 @@ def train_one(
     rec: dict[str, Any] = dict(arm=arm, lr=lr, seed=seed, steps=a.steps, tokens_per_step=tokens_per_step,
                                train_loss=[], val=[], layer_stats=None, status="ok")
     stats_every = max(1, min(a.interval, a.eval_every))
-    stats: dict[str, Any] = {"steps": [], "alpha": [], "multiplier": [], "lr": []}
+    # per snapshot: the layers' values, and where the alphas came from ("grad": the gradient phase, "weight")
+    stats: dict[str, Any] = {"steps": [], "alpha": [], "multiplier": [], "lr": [], "source": []}
     eval_s = 0.0
 
     def do_eval(step: int) -> float:
@@ -389,11 +390,13 @@ def train_one(
         rec["train_loss"].append(lv)
         done = step + 1
         if step % stats_every == 0 or done == a.steps:
-            snap = _layer_snapshot(opts)
-            if snap is not None:
+            llr_opt = _llr_optimizer(opts)
+            if llr_opt is not None:
+                snap = llr_opt.layer_stats()
                 stats["names"] = [d["name"] for d in snap]
                 stats["kinds"] = [d["kind"] for d in snap]
                 stats["steps"].append(step)
+                stats["source"].append(getattr(llr_opt.policy, "last_source", None))
                 for key in ("alpha", "multiplier", "lr"):
                     stats[key].append([_finite_or_none(d[key]) for d in snap])
         if done % a.eval_every == 0 or done == a.steps:
@@ -424,23 +427,13 @@ def train_one(
         llr_overhead=(llr_s / t_train) if has_llr and t_train > 0 else None,
         layer_stats=stats if stats["steps"] else None,
     )
-    if has_llr:
-        last = _layer_snapshot(opts) or []
-        rec["hill_status"] = {d["name"]: d.get("status") for d in last}
-        print(format_layer_stats(label, last), flush=True)
+    llr_opt = _llr_optimizer(opts)
+    if llr_opt is not None:
+        from llr_kernels import format_layer_stats
+
+        rec["hill_status"] = {d["name"]: d.get("status") for d in llr_opt.layer_stats()}
+        print(f"{label}: per-layer PL_Alpha_Hill and LR at the end of training\n{format_layer_stats(llr_opt)}", flush=True)
     return rec
-
-
-def format_layer_stats(label: str, rows: list[dict]) -> str:
-    """The per-layer alphas, multipliers and LRs at the end of an LLR run, as a plain-text table."""
-    lines = [f"{label}: per-layer PL_Alpha_Hill and LR at the end of training",
-             f"  {'layer':<40} {'kind':<10} {'alpha':>7} {'mult':>6} {'lr':>10}  status"]
-    for d in rows:
-        if d.get("kind") == "vector":
-            continue
-        alpha = f"{d['alpha']:.3f}" if math.isfinite(d["alpha"]) else "nan"
-        lines.append(f"  {d['name']:<40} {d['kind']:<10} {alpha:>7} {d['multiplier']:>6.3f} {d['lr']:>10.3e}  {d.get('status', '')}")
-    return "\n".join(lines)
 
 
 def _finite_or_none(v: Any) -> float | None:
@@ -499,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run every (lr, seed, arm) of the comparison, write the run directory, print the table."""
     t_start = time.perf_counter()
     a = parse_args(argv)
+    reference = load_reference(a.reference)  # read now: --publish may overwrite it at the end
     torch.set_num_threads(cpu_threads(a.threads))
     device = resolve_device(a.device)
     out = Path(a.out or (REPO / "runs" / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{a.preset}"))
@@ -557,8 +551,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         Path(f"{pub}.md").write_text(md)
         _write_json(Path(f"{pub}.json"), metrics)
     print("\n" + md, flush=True)
+    if reference is not None:
+        print(report.compare_to_reference(metrics, *reference), flush=True)
     print(f"[run] wrote {path}, {out / 'results.md'} and plots in {time.perf_counter() - t_start:.1f} s total", flush=True)
     return metrics
+
+
+def load_reference(spec: str | None) -> tuple[dict[str, Any], str] | None:
+    """(metrics, path) of the published run named by --reference (relative to the repository), or None."""
+    if spec in (None, "", "none"):
+        return None
+    path = Path(spec) if Path(spec).is_absolute() else REPO / spec
+    if not path.exists():
+        print(f"[run] no comparison: the reference {path} does not exist", flush=True)
+        return None
+    return json.loads(path.read_text()), str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -4,8 +4,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-python3}
-# Never let pip resolve plain "torch": on a CPU machine that pulls gigabytes of CUDA wheels.
+# torch is installed only when the Python has none, pinned to the version the project is tested with, before the
+# package (so pip never resolves torch as a dependency). What pip then downloads is pip's choice: from PyPI on
+# Linux x86_64, torch==2.13.0 is the CUDA build (several GB of nvidia-* wheels). On a CPU-only machine point pip
+# at PyTorch's CPU wheels: LLR_TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu". (Machines whose
+# pip is configured with a local CPU wheel, like this project's CI, need nothing.)
 TORCH_SPEC=${LLR_TORCH_SPEC:-torch==2.13.0}
+TORCH_PIP_ARGS=${LLR_TORCH_PIP_ARGS:-}
 if [ ! -x .venv/bin/python ]; then
   if "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m venv --system-site-packages .venv   # reuse the machine's torch (e.g. a CUDA build)
@@ -15,8 +20,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 if ! python -c "import torch" >/dev/null 2>&1; then
-  echo "[setup] installing $TORCH_SPEC" >&2
-  python -m pip install -q "$TORCH_SPEC"
+  where=${TORCH_PIP_ARGS:-"from the default index (on Linux: the CUDA build)"}
+  echo "[setup] installing $TORCH_SPEC $where" >&2
+  # shellcheck disable=SC2086  # the extra pip arguments are words
+  python -m pip install -q $TORCH_PIP_ARGS "$TORCH_SPEC"
 fi
 stamp=.venv/.llr_kernels_installed
 want=$(cat pyproject.toml setup.py 2>/dev/null | sha256sum | cut -c1-16)

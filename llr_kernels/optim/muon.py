@@ -418,7 +418,7 @@ def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | N
     """Param groups with a "use_muon" flag each (``_split_group``), holding (name, tensor) pairs so names survive.
     A model or a flat list is one group without use_muon."""
     groups, named, unnamed = normalize_groups(params, model)
-    warn_unnamed(unnamed, "LLRMuon")
+    warn_unnamed(unnamed, "LLRMuon", muon=True)
     layers = classify_named(named, model if model is not None else (params if isinstance(params, nn.Module) else None), classify)
     eligible = {id(l.param) for l in layers if muon_eligible(l)}
     name_of: dict[int, str] = {}

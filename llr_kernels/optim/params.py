@@ -40,12 +40,18 @@ def normalize_groups(
     ``first_group``: index of the first group in the optimizer (``add_param_group``), for generated names."""
     if isinstance(params, nn.Module):
         model = params if model is None else model
-        params = [(n, p) for n, p in params.named_parameters() if p.requires_grad]
+        every = list(params.named_parameters())
+        params = [(n, p) for n, p in every if p.requires_grad]
+        if not params:
+            what = (f"all {len(every)} of its parameters have requires_grad=False" if every else "it has no parameters")
+            raise ValueError(f"the model ({type(model).__name__}) has no trainable parameters: {what}. Unfreeze the "
+                             "ones to train (p.requires_grad_(True)) before building the optimizer")
     if isinstance(params, torch.Tensor):
         raise TypeError("params must be an nn.Module, an iterable of tensors, (name, tensor) pairs or param groups, not one tensor")
     items = list(params)
     if not items:
-        raise ValueError("the optimizer got an empty parameter list; pass a model or its parameters")
+        raise ValueError("the optimizer got an empty parameter list: pass a model, its (named) parameters or param "
+                         "groups holding at least one tensor")
     groups = items if isinstance(items[0], dict) else [{"params": items}]
     names = _param_name_map(model)
     out_groups, named, unnamed = [], [], []
@@ -75,16 +81,20 @@ def normalize_groups(
     return out_groups, named, unnamed
 
 
-def warn_unnamed(unnamed: list[str], who: str) -> None:
-    """Warn (once per call site) that matrices without names are all classified as hidden linear layers."""
+def warn_unnamed(unnamed: list[str], who: str, *, muon: bool = False) -> None:
+    """Warn (once per call site) that matrices without names are all classified as hidden linear layers; for
+    LLRMuon (``muon=True``) also that they all go to Newton-Schulz, the embedding and the LM head included."""
     if not unnamed:
         return
+    muon_part = (" and every one of them goes to the Muon (Newton-Schulz) group, the embedding and the LM head "
+                 "included, which Muon is not meant for (they belong in its AdamW group)") if muon else ""
     warnings.warn(
         f"{who} got {len(unnamed)} weight matrices without names (e.g. model.parameters()): LLR cannot tell the "
         "embedding (pinned at s*lr) and the LM head from hidden layers without names, so every matrix is treated "
-        f"as a hidden linear layer. Pass the model: {who}(model, ...), {who}(model.named_parameters(), ...), or "
-        f"param groups with model=model (Hugging Face Trainer: optimizers=({who}(model, ...), scheduler) or "
-        f"optimizer_cls_and_kwargs=({who}, {{'model': model, ...}}))",
+        f"as a hidden linear layer{muon_part}. Pass the model: {who}(model, ...), {who}(model.named_parameters(), ...), or "
+        f"param groups with model=model (Hugging Face Trainer: optimizer_cls_and_kwargs="
+        f"llr_kernels.integrations.hf.llr_optimizer_cls_and_kwargs(model, {who}, lr=...), which keeps the Trainer's "
+        "decay / no-decay groups)",
         UserWarning,
         stacklevel=caller_stacklevel(),
     )

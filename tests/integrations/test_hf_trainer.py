@@ -124,3 +124,103 @@ def test_unwrap_says_what_it_found():
     assert unwrap(Wrapper(Wrapper(opt))) is opt and layer_stats(Wrapper(opt))[0]["kind"] == "embedding"
     with pytest.raises(TypeError, match=r"no LLR optimizer \(LLRAdamW / LLRMuon\) inside Wrapper -> AdamW"):
         unwrap(Wrapper(torch.optim.AdamW(TinyLlama().parameters())))
+
+
+# ----- the Trainer's own parameter groups (llr_kernels.integrations.hf) ---------------------------------------
+def decay_trainer(model, tmp_path, seed: int, steps: int, weight_decay: float, **kw):
+    """trainer_for with weight decay on: the Trainer then builds a decay and a no-decay group."""
+    from transformers import Trainer, TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    data = [{"input_ids": x, "labels": x.clone()} for x in torch.randint(0, 128, (16, 12), generator=g)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-3,
+                             weight_decay=weight_decay, lr_scheduler_type="linear", report_to=[], save_strategy="no",
+                             logging_strategy="no", use_cpu=True, seed=seed, disable_tqdm=True, dataloader_num_workers=0)
+    return Trainer(model=model, args=args, train_dataset=data, **kw)
+
+
+def expected_decay(model, weight_decay: float) -> dict[str, float]:
+    """The Trainer's rule, written out: no decay for biases and norms (LlamaRMSNorm weights), decay elsewhere."""
+    return {n: (0.0 if n.endswith(".bias") or "norm" in n else weight_decay) for n, _ in model.named_parameters()}
+
+
+def group_decay(opt) -> dict[int, float]:
+    return {id(p): float(g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+
+
+def test_helper_keeps_the_trainers_groups_and_equals_torch_adamw_at_s1(tmp_path, seed):
+    """At s = 1, LLRAdamW through llr_optimizer_cls_and_kwargs is the Trainer with torch.optim.AdamW on the same
+    groups, bit for bit, with weight decay 0.1 on matrices and 0 on norms; both optimizers hold those groups."""
+    require_trainer()
+    from llr_kernels.integrations.hf import llr_optimizer_cls_and_kwargs
+
+    model = tiny_llama(seed)
+    ref_model = copy.deepcopy(model)
+    ours = decay_trainer(model, tmp_path / "a", seed, 3, 0.1, optimizer_cls_and_kwargs=llr_optimizer_cls_and_kwargs(
+        model, LLRAdamW, lr=1e-3, s=1.0, interval=2, backend="torch"))
+    ref = decay_trainer(ref_model, tmp_path / "b", seed, 3, 0.1,
+                        optimizer_cls_and_kwargs=(torch.optim.AdamW, {"lr": 1e-3, "foreach": False}))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*without names")
+        ours.train()
+    ref.train()
+    want = expected_decay(model, 0.1)
+    assert set(want.values()) == {0.0, 0.1}
+    for m, t in ((model, ours), (ref_model, ref)):
+        got = group_decay(unwrap(t.optimizer) if t is ours else t.optimizer.optimizer)
+        assert {n: got[id(p)] for n, p in m.named_parameters()} == want
+    for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(model.model.norm.weight, tiny_llama(seed).model.norm.weight)  # it trained
+
+
+def test_helper_keeps_layer_kinds_and_per_layer_decay_at_s3(tmp_path, seed):
+    require_trainer()
+    from llr_kernels.integrations.hf import llr_optimizer_cls_and_kwargs
+
+    model = tiny_llama(seed)
+    trainer = decay_trainer(model, tmp_path, seed, 2, 0.1, optimizer_cls_and_kwargs=llr_optimizer_cls_and_kwargs(
+        model, LLRAdamW, lr=1e-3, s=3.0, interval=2, min_eigs=8, backend="torch"))
+    trainer.train()
+    inner = unwrap(trainer.optimizer)
+    assert type(inner).__name__ == "LLRAdamW" and isinstance(inner, LLRAdamW)
+    stats = {r["name"]: r for r in layer_stats(trainer.optimizer)}
+    assert stats["model.embed_tokens.weight"]["kind"] == "embedding"
+    assert stats["model.embed_tokens.weight"]["multiplier"] == 3.0  # pinned at s: the model's kinds are known
+    assert stats["lm_head.weight"]["kind"] == "lm_head"
+    want = expected_decay(model, 0.1)
+    for name, row in stats.items():
+        assert row["weight_decay"] == pytest.approx(want[name] * row["wd_multiplier"]), name
+    assert {r["weight_decay"] for r in stats.values() if r["kind"] == "vector"} == {0.0}
+
+
+def test_helper_with_llr_muon_keeps_no_decay_in_the_adamw_part(tmp_path, seed):
+    """LLRMuon splits each Trainer group into a Muon part (hidden matrices) and an AdamW part (embedding, head,
+    norms): the no-decay group's norms stay at 0 in the AdamW part, the decay group's embedding and head at 0.1."""
+    require_trainer()
+    from llr_kernels.integrations.hf import llr_optimizer_cls_and_kwargs
+
+    model = tiny_llama(seed)
+    trainer = decay_trainer(model, tmp_path, seed, 2, 0.1, optimizer_cls_and_kwargs=llr_optimizer_cls_and_kwargs(
+        model, LLRMuon, lr=1e-2, adamw_lr=1e-3, weight_decay=0.5, interval=2, backend="torch"))
+    trainer.train()
+    inner = unwrap(trainer.optimizer)
+    got = group_decay(inner)
+    assert {n: got[id(p)] for n, p in model.named_parameters()} == expected_decay(model, 0.1)
+    muon = {id(p) for g in inner.param_groups if g["use_muon"] for p in g["params"]}
+    assert id(model.model.layers[0].self_attn.q_proj.weight) in muon
+    assert id(model.model.embed_tokens.weight) not in muon and id(model.lm_head.weight) not in muon
+
+
+def test_helper_refuses_model_or_params_in_kwargs():
+    from llr_kernels.integrations.hf import llr_optimizer_cls_and_kwargs
+
+    model = TinyLlama()
+    with pytest.raises(ValueError, match="do not pass 'model' in the kwargs: transformers would take it as the parameters"):
+        llr_optimizer_cls_and_kwargs(model, LLRAdamW, model=model)
+    with pytest.raises(TypeError, match="optimizer_cls must be LLRAdamW, LLRMuon"):
+        llr_optimizer_cls_and_kwargs(model, torch.optim.AdamW)
+    cls, kwargs = llr_optimizer_cls_and_kwargs(model, LLRAdamW, lr=2e-3)
+    assert kwargs == {"lr": 2e-3} and issubclass(cls, LLRAdamW)
+    opt = cls([{"params": [model.model.embed_tokens.weight], "weight_decay": 0.3}], **kwargs)  # unnamed tensors:
+    assert opt.layers[0].kind == "embedding" and opt.param_groups[0]["weight_decay"] == 0.3  # named by the model

@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from conftest import backend_missing, needs
 
 import llr_kernels.ops.extension as ext
 from llr_kernels import info
@@ -73,7 +75,68 @@ def test_info_prints_the_extension_state_and_the_backend_table(tmp_path):
     assert "C++ extension: unavailable (disabled by LLR_DISABLE_EXT=1)" in out.stdout
     assert f"JIT cache: {tmp_path}" in out.stdout
     assert "adamw_step     auto -> torch" in out.stdout and "cpp: the C++ extension is unavailable" in out.stdout
-    quick = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=300)
-    assert quick.returncode == 0 and "C++ extension:" in quick.stdout and "[cpu]" not in quick.stdout
-    assert info.main(["--bogus"]) == 2
+    quick = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--status"], check=False, capture_output=True,
+                           text=True, env=env, cwd=ROOT, timeout=300)
+    assert quick.returncode == 0 and "C++ extension: unavailable" in quick.stdout and "[cpu]" not in quick.stdout
+    failed = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], check=False, capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=300)
+    assert failed.returncode == 1  # --ext promises a loaded extension: it says why there is none
+    assert "C++ extension: could not be built or loaded: disabled by LLR_DISABLE_EXT=1" in failed.stdout
+
+
+def test_help_exits_0_and_bad_options_exit_2(capsys):
+    out = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--help"], check=False, capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0 and "usage: python -m llr_kernels.info" in out.stdout
+    text = " ".join(out.stdout.split())  # argparse wraps to the terminal width
+    assert "--ext build the C++ extension now" in text and "--status versions and the extension's state only; builds " \
+        "and loads nothing" in text
+    assert info.main(["--bogus"]) == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert info.main(["--ext", "--status"]) == 2  # one mode at a time
+
+
+def test_status_says_each_thing_once_and_builds_nothing(fresh_ext, monkeypatch, capsys):
+    monkeypatch.setattr(ext, "_prebuilt", lambda: None)
+    monkeypatch.setattr(ext, "_check_prebuilt", lambda: (None, "no ahead-of-time build (test)"))
+    monkeypatch.setattr(ext, "_compiler_missing", lambda: None)
+    assert info.main(["--status"]) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("C++ extension:"))
+    assert line.startswith("C++ extension: not built yet (the first use builds the C++")
+    assert text.count("first use builds") == 1 and not fresh_ext.exists()
+
+
+def test_ext_builds_and_loads_when_nothing_is_built(fresh_ext, monkeypatch, capsys):
+    """--ext runs the build (here a stand-in that records the call) and reports the module it loaded."""
+    calls = []
+
+    class Built:
+        __file__ = str(fresh_ext / "llr_kernels_C_test.so")
+        with_cuda = False
+
+    def fake_build():
+        calls.append(1)
+        return Built
+
+    monkeypatch.setattr(ext, "_prebuilt", lambda: None)
+    monkeypatch.setattr(ext, "_check_prebuilt", lambda: (None, "no ahead-of-time build (test)"))
+    monkeypatch.setattr(ext, "_compiler_missing", lambda: None)
+    monkeypatch.setattr(ext, "_jit_build", fake_build)
+    assert info.main(["--ext"]) == 0
+    text = capsys.readouterr().out
+    assert calls == [1]
+    assert f"C++ extension: loaded built now in 0 s, CPU kernels only: {Built.__file__}" in text
+    assert ext.status()["state"] == "loaded"
+    assert info.main(["--ext"]) == 0 and calls == [1]  # a second call loads nothing new
+    assert "loaded already loaded in this process" in capsys.readouterr().out
+
+
+@needs(backend_missing("cpp", torch.device("cpu")), "the C++ extension")
+def test_ext_loads_the_real_extension():
+    out = subprocess.run([sys.executable, "-m", "llr_kernels.info", "--ext"], check=False, capture_output=True, text=True, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("C++ extension:"))
+    assert line.startswith("C++ extension: loaded ")
+    path = line.rsplit(": ", 1)[1]
+    assert os.path.isfile(path) and path.endswith(".so")
