@@ -113,7 +113,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
         so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
     spectral_group: as LLRAdamW's (under DDP, pass the DistributedDataParallel model or its process group).
-    policy: as LLRAdamW's.
+    policy, policy_group: as LLRAdamW's.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     Under FSDP2 (row-sharded DTensors on a 1-D mesh) each matrix is orthogonalized on one rank and its rows go
@@ -162,6 +162,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         capturable: bool = False,
         spectral_group: Any = "auto",
         policy: str | PolicyConfig | None = None,
+        policy_group: Any = None,
     ) -> None:
         if adamw_weight_decay is None:
             adamw_weight_decay = weight_decay
@@ -186,7 +187,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         super().__init__(
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
-            spectral_group=spectral_group, policy=policy,
+            spectral_group=spectral_group, policy=policy, policy_group=policy_group,
         )
         self.grad_alpha_source = grad_alpha_source
         self.muon_backend = muon_backend
