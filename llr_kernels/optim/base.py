@@ -190,6 +190,10 @@ class LLROptimizer(torch.optim.Optimizer):
                 raise ValueError(f"parameter {name!r} is already in a param group of this optimizer; a parameter "
                                  "can belong to one group only")
         warn_unnamed(unnamed, type(self).__name__)
+        if "param_names" in self.param_groups[0]:  # torch: all groups with names or none (generated ones if need be)
+            groups[0]["param_names"] = [n for n, _ in named]
+        else:
+            groups[0].pop("param_names", None)
         layers = classify_named(named, model, self._classify)
         first, n_layers, policy = len(self.param_groups), len(self.layers), copy.deepcopy(self.policy)
         self._layer_index.update({id(layer.param): n_layers + i for i, layer in enumerate(layers)})
