@@ -66,6 +66,15 @@ class PolicyGroup:
         self._members: list[weakref.ref] = []
         self._pending: dict[int, int] = {}  # id(member) -> step whose update another member already ran for it
 
+    def bind(self, process_group: Any, stages: Sequence[int] | None = None) -> None:
+        """Set the process group and stage indices after the members were built (torchtitan attaches the pipeline
+        group once the trainer has built its optimizers), before training."""
+        fresh = PolicyGroup(process_group, stages)
+        if stages is not None and len(fresh.stages) != len(self.members()):
+            raise ValueError(f"stages={list(stages)} names {len(fresh.stages)} parts but {len(self.members())} "
+                             "optimizers on this rank joined the group")
+        self.process_group, self.stages = fresh.process_group, fresh.stages
+
     # ----- membership ------------------------------------------------------------------------------
     def join(self, opt: "LLROptimizer") -> None:
         """Add an optimizer (its constructor calls this for ``policy_group=``)."""
