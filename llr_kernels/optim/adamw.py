@@ -47,6 +47,9 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         "rlrs", "alphadecay", "llr+alphadecay", ...: ``llr_kernels.policies.PRESETS``, built from the LLR arguments
         above where they apply, e.g. total_steps) or a config (``LLRConfig`` with another map / metric / fit,
         ``BlockwiseConfig``, ``RLRSConfig``, ``UniformConfig``), which then replaces the LLR arguments.
+    policy_group: a ``llr_kernels.optim.policy_group.PolicyGroup`` shared with the optimizers of the model's other
+        pipeline stages / model parts: one policy (Eq. 3's range, the outlier rule) over all of them, as if one
+        optimizer held the whole model; each still measures only its own matrices. None: this optimizer alone.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     """
@@ -82,6 +85,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         capturable: bool = False,
         spectral_group: Any = "auto",
         policy: str | PolicyConfig | None = None,
+        policy_group: Any = None,
     ) -> None:
         validate_adamw_args(lr, betas, eps, weight_decay, amsgrad, maximize)
         check_choice("grad_alpha_source", grad_alpha_source, ("grad", "momentum"),
@@ -92,7 +96,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         super().__init__(
             params, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
-            spectral_group=spectral_group, policy=policy,
+            spectral_group=spectral_group, policy=policy, policy_group=policy_group,
         )
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype

@@ -27,7 +27,7 @@ from ._dtensor import full, local
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .params import classify_named, normalize_groups, per_layer, reject_sparse_embeddings, warn_unnamed
 from .spectral_update import update_layer_metrics
-from .validation import check_model_args, check_spectral_args, check_spectral_group
+from .validation import check_model_args, check_policy_group, check_spectral_args, check_spectral_group
 
 
 def _capturing() -> bool:
@@ -66,9 +66,11 @@ class LLROptimizer(torch.optim.Optimizer):
         min_eigs: int = 50,
         capturable: bool = False,
         spectral_group: Any = "auto",
+        policy_group: Any = None,
     ) -> None:
         policy_config = resolve_policy(policy, llr)
         check_spectral_group(spectral_group)
+        check_policy_group(policy_group)
         check_choice("backend", backend, BACKENDS, hint=" (see llr_kernels.ops.dispatch)")
         check_spectral_args(hill_method, hill_variant, min_eigs)
         if getattr(policy_config, "fit", "median") != "median" and hill_variant != "paper":
@@ -97,6 +99,9 @@ class LLROptimizer(torch.optim.Optimizer):
         self.llr_update_seconds = 0.0
         self.layer_status: list[str] = [STATUS_NOT_MEASURED] * len(self.layers)  # per layer, of the last update
         self._init_step_state()
+        self.policy_group = policy_group  # one policy over several optimizers (pipeline stages, model parts)
+        if policy_group is not None:
+            policy_group.join(self)
 
     # ----- layers and multipliers -------------------------------------------------------------------
     def layer_of(self, p: torch.Tensor) -> int:
@@ -185,6 +190,10 @@ class LLROptimizer(torch.optim.Optimizer):
                 raise ValueError(f"parameter {name!r} is already in a param group of this optimizer; a parameter "
                                  "can belong to one group only")
         warn_unnamed(unnamed, type(self).__name__)
+        if "param_names" in self.param_groups[0]:  # torch: all groups with names or none (generated ones if need be)
+            groups[0]["param_names"] = [n for n, _ in named]
+        else:
+            groups[0].pop("param_names", None)
         layers = classify_named(named, model, self._classify)
         first, n_layers, policy = len(self.param_groups), len(self.layers), copy.deepcopy(self.policy)
         self._layer_index.update({id(layer.param): n_layers + i for i, layer in enumerate(layers)})

@@ -113,7 +113,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
         so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
     spectral_group: as LLRAdamW's (under DDP, pass the DistributedDataParallel model or its process group).
-    policy: as LLRAdamW's.
+    policy, policy_group: as LLRAdamW's.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
     Under FSDP2 (row-sharded DTensors on a 1-D mesh) each matrix is orthogonalized on one rank and its rows go
@@ -162,6 +162,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         capturable: bool = False,
         spectral_group: Any = "auto",
         policy: str | PolicyConfig | None = None,
+        policy_group: Any = None,
     ) -> None:
         if adamw_weight_decay is None:
             adamw_weight_decay = weight_decay
@@ -181,13 +182,16 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             ns_coefficients=ns_coefficients, ns_steps=ns_steps, ns_eps=ns_eps, adjust_lr_fn=adjust_lr_fn,
             betas=tuple(adamw_betas), eps=adamw_eps, amsgrad=amsgrad, maximize=maximize,
         )
-        groups = _split_groups(params, model, classify, adamw_lr, adamw_weight_decay)
+        groups, names_known = _split_groups(params, model, classify, adamw_lr, adamw_weight_decay)
         config = LLRConfig(s, interval, total_steps, grad_phase, active_until, ramp_steps, pin_embedding, pin_lm_head, outlier_z)
         super().__init__(
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
-            spectral_group=spectral_group, policy=policy,
+            spectral_group=spectral_group, policy=policy, policy_group=policy_group,
         )
+        if not names_known:  # generated names name layers, but torch's param_names holds only names given to us
+            for g in self.param_groups:
+                g.pop("param_names", None)
         self.grad_alpha_source = grad_alpha_source
         self.muon_backend = muon_backend
         self.max_grad_norm = max_grad_norm
@@ -392,31 +396,41 @@ def _split_group(group: dict, eligible: Callable[[torch.Tensor], bool], adamw_lr
     """One param group of tensors as LLRMuon groups, each with a "use_muon" flag: use_muon=True / False keep
     the group (an AdamW group takes "adamw_lr" / "adamw_weight_decay" unless it sets "lr" / "weight_decay");
     without use_muon the eligible matrices form a Muon group ("lr", "weight_decay") and the rest an AdamW group
-    ("adamw_lr", "adamw_weight_decay", else the optimizer's)."""
-    opts = {k: v for k, v in group.items() if k not in ("params", "adamw_lr", "adamw_weight_decay")}
+    ("adamw_lr", "adamw_weight_decay", else the optimizer's). "param_names", if present, follow their tensors."""
+    opts = {k: v for k, v in group.items() if k not in ("params", "param_names", "adamw_lr", "adamw_weight_decay")}
     a_lr, a_wd = group.get("adamw_lr", adamw_lr), group.get("adamw_weight_decay", adamw_wd)
     use = group.get("use_muon")
     ps = list(group["params"])
+    names = dict(zip(map(id, ps), group["param_names"])) if "param_names" in group else None
+
+    def part(params: list, **kw: Any) -> dict:
+        out = {**kw, "params": params}
+        if names is not None:
+            out["param_names"] = [names[id(p)] for p in params]
+        return out
+
     if use is True:
-        return [{**opts, "params": ps}]
+        return [part(ps, **opts)]
     if use is False:
-        return [{**opts, "lr": group.get("lr", a_lr), "weight_decay": group.get("weight_decay", a_wd), "params": ps}]
+        return [part(ps, **{**opts, "lr": group.get("lr", a_lr), "weight_decay": group.get("weight_decay", a_wd)})]
     if use is not None:
         raise ValueError(f"a param group's use_muon must be True, False or absent, got {use!r}")
     out = []
     muon = [p for p in ps if eligible(p)]
     rest = [p for p in ps if not eligible(p)]
     if muon:
-        out.append({**opts, "use_muon": True, "params": muon})
+        out.append(part(muon, **opts, use_muon=True))
     if rest:
         adam_opts = {k: v for k, v in opts.items() if k not in ("lr", "weight_decay")}
-        out.append({**adam_opts, "use_muon": False, "lr": a_lr, "weight_decay": a_wd, "params": rest})
+        out.append(part(rest, **adam_opts, use_muon=False, lr=a_lr, weight_decay=a_wd))
     return out
 
 
-def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | None, adamw_lr: float, adamw_wd: float) -> list[dict]:
-    """Param groups with a "use_muon" flag each (``_split_group``), holding (name, tensor) pairs so names survive.
-    A model or a flat list is one group without use_muon."""
+def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | None, adamw_lr: float,
+                  adamw_wd: float) -> tuple[list[dict], bool]:
+    """Param groups with a "use_muon" flag each (``_split_group``) and every tensor's name in "param_names" (so
+    names survive the split), and whether those names are all known (not generated). A model or a flat list is
+    one group without use_muon."""
     groups, named, unnamed = normalize_groups(params, model)
     warn_unnamed(unnamed, "LLRMuon", muon=True)
     layers = classify_named(named, model if model is not None else (params if isinstance(params, nn.Module) else None), classify)
@@ -426,6 +440,6 @@ def _split_groups(params: Any, model: nn.Module | None, classify: Classifier | N
         name_of.setdefault(id(p), n)
     out: list[dict] = []
     for g in groups:
-        for part in _split_group(g, lambda p: id(p) in eligible, adamw_lr, adamw_wd):
-            out.append({**part, "params": [(name_of[id(p)], p) for p in part["params"]]})
-    return out
+        g = {**g, "param_names": [name_of[id(p)] for p in g["params"]]}
+        out.extend(_split_group(g, lambda p: id(p) in eligible, adamw_lr, adamw_wd))
+    return out, all("param_names" in g for g in groups)

@@ -37,7 +37,12 @@ def normalize_groups(
 ) -> tuple[list[dict], list[tuple[str, torch.Tensor]], list[str]]:
     """Turn any accepted ``params`` form into param groups of tensors, (name, tensor) pairs in order, and the
     generated names of matrices that had none (no pair, not found in ``model``): see ``warn_unnamed``.
-    ``first_group``: index of the first group in the optimizer (``add_param_group``), for generated names."""
+    ``first_group``: index of the first group in the optimizer (``add_param_group``), for generated names.
+
+    Names come from (name, tensor) pairs, a group's "param_names" list (torch's key, as torchtitan passes it), or
+    ``model``. When every tensor's name is known the groups keep them under "param_names" (torch >= 2.6: a
+    state_dict then names each parameter, and stacks that checkpoint by name rely on it); else no group has the key
+    (torch wants all groups with names or none)."""
     if isinstance(params, nn.Module):
         model = params if model is None else model
         every = list(params.named_parameters())
@@ -54,21 +59,26 @@ def normalize_groups(
                          "groups holding at least one tensor")
     groups = items if isinstance(items[0], dict) else [{"params": items}]
     names = _param_name_map(model)
-    out_groups, named, unnamed = [], [], []
+    out_groups, named, unnamed, all_known = [], [], [], True
     for gi, g in enumerate(groups, start=first_group):
         if not isinstance(g, dict) or "params" not in g:
             raise TypeError("param groups must all be dicts with a 'params' entry")
         ps = g["params"]
         ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
-        tensors = []
+        given = g.get("param_names")
+        if given is not None and len(given) != len(ps):
+            raise ValueError(f"param group {gi} has {len(ps)} params but {len(given)} param_names; give one name per "
+                             "parameter, in order")
+        tensors, group_names = [], []
         for j, item in enumerate(ps):
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
                 name, p = item
             elif isinstance(item, torch.Tensor):
                 p = item
-                name = names.get(id(p))
+                name = given[j] if given is not None else names.get(id(p))
                 if name is None:
                     name = f"group{gi}.param{j}"
+                    all_known = False
                     if p.dim() >= 2:
                         unnamed.append(name)
             else:
@@ -76,8 +86,13 @@ def normalize_groups(
             if p.is_complex():
                 raise ValueError(f"parameter {name!r} is complex; LLR optimizers support real floating-point tensors only")
             tensors.append(p)
+            group_names.append(name)
             named.append((name, p))
-        out_groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": tensors})
+        out_groups.append({**{k: v for k, v in g.items() if k not in ("params", "param_names")}, "params": tensors,
+                           "param_names": group_names})
+    if not all_known:
+        for g in out_groups:
+            del g["param_names"]
     return out_groups, named, unnamed
 
 

@@ -1,5 +1,6 @@
 """The LLR update of an optimizer: measure every layer's metric (alpha), hand the values to the policy, say which
-layers could not be used. Under FSDP2 / DDP each matrix is measured by one rank (``spectral_split``)."""
+layers could not be used. Under FSDP2 / DDP each matrix is measured by one rank (``spectral_split``); optimizers of
+one ``PolicyGroup`` (pipeline stages, model parts) share one policy run (``policy_group``)."""
 from __future__ import annotations
 
 import math
@@ -49,14 +50,26 @@ def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Ten
 
     Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
     multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
-    FSDP2 or DDP the layers are measured by one rank each (``spectral_split``; ``last_split`` says how).
+    FSDP2 or DDP the layers are measured by one rank each (``spectral_split``; ``last_split`` says how). With a
+    ``policy_group`` the policy runs once over the layers of every optimizer in the group (``policy_group``).
     """
     if not opt.policy.measures:
         raise ValueError(f"policy {opt.policy.name!r} does not measure layers, so there are no alphas to update; "
                          "its multipliers follow from the layers and the step alone")
     t = opt.llr_step if t is None else t
     source = opt.policy.source(t)
+    if opt.policy_group is not None:  # one policy over several optimizers' layers (optim/policy_group.py)
+        return opt.policy_group.update(opt, t, source)
     start = time.perf_counter()
+    alphas, status = measure_layers(opt, source)
+    outliers = opt.policy.update(t, alphas, source)
+    finish_update(opt, status, outliers, source, start)
+    return alphas
+
+
+def measure_layers(opt: "LLROptimizer", source: str) -> tuple[torch.Tensor, list[str]]:
+    """Every layer's metric (float64, NaN where not measured) and status, measured on ``source`` ("grad" or
+    "weight"), split over ``spectral_group`` when there is one."""
     measured = opt.measured_layers()
     group, layout = resolve_group(opt.spectral_group, opt._model_ref() if opt._model_ref else None,
                                   [opt.layers[i].param for i in measured])
@@ -95,13 +108,18 @@ def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Ten
                            "layers_measured": len(mine), "layers": len(measured), "bytes_received": received,
                            "bytes_held": sum(m.numel() * m.element_size() for m in mats)}
     del mats
-    outliers = opt.policy.update(t, alphas, source)
+    return alphas, status
+
+
+def finish_update(opt: "LLROptimizer", status: list[str], outliers: torch.Tensor, source: str, start: float,
+                  usable: int | None = None) -> None:
+    """Record the statuses of an update (outliers marked), warn about unusable layers, count its time.
+    ``usable``: layers with a usable alpha over the whole policy (a policy group), default this optimizer's."""
     for i in torch.nonzero(outliers).flatten().tolist():
         status[i] = STATUS_OUTLIER
     opt.layer_status = status
-    warn_statuses(opt, status, source)
+    warn_statuses(opt, status, source, usable)
     opt.llr_update_seconds += time.perf_counter() - start
-    return alphas
 
 
 def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
@@ -119,7 +137,13 @@ def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[tor
     return measure(mats, metric, fit=fit, min_eigs=opt.min_eigs, variant=opt.hill_variant)
 
 
-def warn_statuses(opt: "LLROptimizer", status: list[str], source: str) -> None:
+def usable_layers(opt: "LLROptimizer", status: list[str]) -> int:
+    """How many of the optimizer's mapped layers (matrices, not pinned) have a usable alpha."""
+    return sum(l.is_matrix and not bool(opt.policy.pinned[i]) and status[i] in OK_STATUSES
+               for i, l in enumerate(opt.layers))
+
+
+def warn_statuses(opt: "LLROptimizer", status: list[str], source: str, usable: int | None = None) -> None:
     """One RuntimeWarning per cause (not per step) for layers whose alpha could not be used."""
     warned = opt.__dict__.setdefault("_warned_causes", set())
     by_cause: dict[str, list[str]] = {}
@@ -127,7 +151,7 @@ def warn_statuses(opt: "LLROptimizer", status: list[str], source: str) -> None:
         if st in STATUS_EXPLANATIONS and not bool(opt.policy.pinned[i]):
             by_cause.setdefault(st, []).append(layer.name)
     mapped = [i for i, l in enumerate(opt.layers) if l.is_matrix and not bool(opt.policy.pinned[i])]
-    usable = sum(status[i] in OK_STATUSES for i in mapped)
+    usable = usable_layers(opt, status) if usable is None else usable
     if mapped and usable < 2:
         by_cause.setdefault(STATUS_INACTIVE, [])
     for cause, names in by_cause.items():

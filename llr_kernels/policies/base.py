@@ -139,13 +139,19 @@ class LayerwisePolicy:
     # ----- the shared machinery -----------------------------------------------------------------------------
     def update(self, t: int, values: torch.Tensor, source: str) -> torch.Tensor:
         """Record the values measured before step t and set new targets; returns the outlier mask."""
+        values = values.detach().to(torch.float64).cpu().clone()
+        return self.apply_targets(t, values, source, *self.targets_from(values, source))
+
+    def apply_targets(self, t: int, values: torch.Tensor, source: str, target: torch.Tensor,
+                      wd_target: torch.Tensor | None, outliers: torch.Tensor) -> torch.Tensor:
+        """Take targets decided before step t (by ``targets_from`` here, or over several optimizers' layers by a
+        ``PolicyGroup``): ramps start from the multipliers in force; returns the outlier mask."""
         self.start = self.multipliers(t)
         self.wd_start = self.wd_multipliers(t)
         self.alphas = values.detach().to(torch.float64).cpu().clone()
-        target, wd_target, self.outliers = self.targets_from(self.alphas, source)
-        self.target = target
+        self.target, self.outliers = target.clone(), outliers.clone()
         if wd_target is not None:
-            self.wd_target = wd_target
+            self.wd_target = wd_target.clone()
         self.last_update, self.last_source = t, source
         self.num_updates += 1
         return self.outliers.clone()
