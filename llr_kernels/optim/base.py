@@ -23,7 +23,8 @@ from ..ops.custom_ops import llr_tick, register_tick
 from ..ops.dispatch import BACKENDS
 from ..policies import LayerwisePolicy, LLRConfig, PolicyConfig, resolve_policy
 from ..spectral.rules import STATUS_NOT_MEASURED
-from ._dtensor import full, local
+from ._dtensor import align_grads, aligned, full, is_dtensor, local
+from .budget import check_budget_arg
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .params import classify_named, normalize_groups, per_layer, reject_sparse_embeddings, warn_unnamed
 from .spectral_update import update_layer_metrics
@@ -66,6 +67,7 @@ class LLROptimizer(torch.optim.Optimizer):
         min_eigs: int = 50,
         capturable: bool = False,
         spectral_group: Any = "auto",
+        spectral_memory_budget: int | None = None,
     ) -> None:
         policy_config = resolve_policy(policy, llr)
         check_spectral_group(spectral_group)
@@ -93,6 +95,8 @@ class LLROptimizer(torch.optim.Optimizer):
         reject_sparse_embeddings(model, self._layer_index)
         self.policy = policy_config.build(self.layers)
         self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs
+        check_budget_arg(spectral_memory_budget, self.layers)
+        self.spectral_memory_budget = spectral_memory_budget  # bytes an LLR update may add per rank (optim.budget)
         self.llr_step = 0
         self.llr_update_seconds = 0.0
         self.layer_status: list[str] = [STATUS_NOT_MEASURED] * len(self.layers)  # per layer, of the last update
@@ -122,8 +126,9 @@ class LLROptimizer(torch.optim.Optimizer):
             st = self.state.get(layer.param, {})
             buf = st.get("momentum_buffer", st.get("exp_avg"))
             if buf is not None:
-                return buf
-        return layer.param.grad
+                return aligned(buf, layer.param, repr(layer.name))
+        g = layer.param.grad
+        return None if g is None else aligned(g, layer.param, repr(layer.name))  # e.g. a Partial grad: reduced
 
     @_refreshes_multipliers
     @torch.no_grad()
@@ -297,6 +302,8 @@ class LLROptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._dtensor_params():
+            self._align_grads()
         if self._host_due or self._grad_signature() != self._signature:
             self._host_step()
         self._step_params()
@@ -311,6 +318,20 @@ class LLROptimizer(torch.optim.Optimizer):
     # "scheduler.step() before optimizer.step()" warning, for which _after_step sets _opt_called itself (on the
     # host: dynamo refuses a setattr on an optimizer inside a traced step in torch 2.11).
     step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    def _dtensor_params(self) -> list[torch.Tensor]:
+        """The DTensor parameters (cached; refreshed when the number of parameters changes)."""
+        n = sum(len(g["params"]) for g in self.param_groups)
+        cached = self.__dict__.get("_dtensors")
+        if cached is None or cached[0] != n:
+            ps = [p for g in self.param_groups for p in g["params"] if is_dtensor(p)]
+            cached = self._dtensors = (n, ps, {id(p): repr(self.layers[self.layer_of(p)].name) for p in ps})
+        return cached[1]
+
+    @torch.compiler.disable
+    def _align_grads(self) -> None:
+        """Every DTensor grad in its parameter's placements before anything reads it (``_dtensor.align_grads``)."""
+        align_grads(self._dtensor_params(), self._dtensors[2])
 
     @torch.compiler.disable
     def _host_step(self) -> None:
