@@ -18,6 +18,8 @@ COMMON = dict(s=3.0, interval=2, total_steps=STEPS, grad_phase=0.25, min_eigs=8,
 KW = {
     "LLRAdamW": dict(lr=2e-2, weight_decay=0.1, **COMMON),
     "LLRAdamW-momentum": dict(lr=2e-2, weight_decay=0.1, grad_alpha_source="momentum", **{**COMMON, "grad_phase": 0.75}),
+    # chunks of about two matrices (float64: 8-byte gathered copies): gathered, measured and freed in turn
+    "LLRAdamW-budget": dict(lr=2e-2, weight_decay=0.1, spectral_memory_budget=2 * 60_000, **COMMON),
     "LLRMuon": dict(lr=0.05, adamw_lr=2e-2, weight_decay=0.1, ns_dtype=torch.float64, **{**COMMON, "s": 2.0}),
 }
 
@@ -186,13 +188,13 @@ def run_case(layout: str, name: str, init: dict, counted: list) -> dict:
     model.load_state_dict(init)
     dp_rank, dp_size = build(layout, model)
     opt = make_opt(name, model)
-    counted[0] = 0
+    counted[0] = counted[1] = 0
     rows = BSZ // dp_size
     for idx in batches(STEPS, BSZ):
         opt.zero_grad()
         lm_loss(model, idx[dp_rank * rows:(dp_rank + 1) * rows]).backward()
         opt.step()
-    out = {"params": full_state(model), "measured": counted[0]}
+    out = {"params": full_state(model), "measured": counted[0], "measure_calls": counted[1]}
     if hasattr(opt, "llr"):
         muon = getattr(opt, "_muon_split", None)
         out.update(alphas=opt.llr.alphas.clone(), mult=opt.multipliers(), split=opt.last_split,
@@ -205,11 +207,12 @@ def count_measurements() -> list:
     """Counts the matrices this rank hands to the spectral measurement (patched in the worker)."""
     from llr_kernels.optim import spectral_update
 
-    counted = [0]
+    counted = [0, 0]  # matrices, calls
     original = spectral_update.measure_matrices
 
     def counting(opt, mats):
         counted[0] += len(mats)
+        counted[1] += 1
         return original(opt, mats)
 
     spectral_update.measure_matrices = counting
@@ -275,6 +278,10 @@ def assert_measured_once(runs: list[dict], name: str, init: dict, updates: int) 
     splits = [r["split"] for r in runs]
     assert [s["layout"] for s in splits] == ["dtensor"] * world and sum(s["layers_measured"] for s in splits) == matrices
     assert sorted(s["rank"] for s in splits) == list(range(world))
+    budget = KW.get(name, {}).get("spectral_memory_budget")
+    if budget is not None:  # every chunk under the budget, several chunks per update on every rank
+        assert all(0 < s["chunk_peak_estimate"] <= budget for s in splits)
+        assert all(r["measure_calls"] >= 2 * updates for r in runs)
     if name == "LLRMuon":
         n_muon = len(opt.param_groups[0]["params"])
         done = [r["orthogonalized"] for r in runs]

@@ -29,7 +29,7 @@ pytestmark = requires(None if dist.is_available() else "this torch build has no 
 
 WORLD = 2
 # (layout, optimizer) run on the ranks; the single-process reference runs the same optimizer on the plain model
-CASES = [("tp", "LLRAdamW"), ("tp", "LLRAdamW-momentum"), ("tp", "LLRMuon"), ("tp-plain-norms", "LLRAdamW"),
+CASES = [("tp", "LLRAdamW"), ("tp", "LLRAdamW-momentum"), ("tp", "LLRAdamW-budget"), ("tp", "LLRMuon"), ("tp-plain-norms", "LLRAdamW"),
          ("tp-plain-norms", "LLRMuon")]
 TOL = 1e-12
 
