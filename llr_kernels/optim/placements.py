@@ -3,11 +3,10 @@
 The LLR update (each matrix measured on one rank) and LLRMuon's split step (Newton-Schulz on one rank) need a
 matrix whole on its owner and, for Muon, the result back in each rank's shard. This works for every layout built
 from ``Shard(d)`` and ``Replicate()`` on a mesh of any dimension (FSDP2, HSDP, tensor parallel's row- and
-column-wise shards, FSDP x TP): a rank's block is then, along each tensor dimension, a nested ``torch.chunk`` of
-the mesh dimensions that shard it (in mesh order), so the owner knows where every block goes and receives it
-straight into place (point-to-point; of replicated blocks only the copy at mesh coordinate 0 moves). Other
-layouts (FSDP2's ``_StridedShard`` over a tensor-parallel shard, ``Partial``) are first redistributed to
-``Shard(0)`` on every mesh dimension by DTensor. Every rank of the mesh calls these functions for every matrix,
+column-wise shards, FSDP x TP with FSDP2's strided shards): a rank's block is then, along each tensor
+dimension, a nested ``torch.chunk`` of the mesh dimensions that shard it, so the owner knows where every block
+goes and receives it straight into place (point-to-point; of replicated blocks only the copy at mesh coordinate 0
+moves). Other layouts (``Partial``) are first redistributed to ``Shard(0)`` on every mesh dimension by DTensor. Every rank of the mesh calls these functions for every matrix,
 in the same order.
 """
 from __future__ import annotations
@@ -29,23 +28,49 @@ def chunk_range(n: int, parts: int, index: int) -> tuple[int, int]:
     return start, min(start + size, n)
 
 
-def is_blockwise(placements: tuple) -> bool:
-    """Placements whose local shards are contiguous blocks (plain ``Shard`` and ``Replicate`` only)."""
+def _order(placements: tuple, mesh_shape: tuple[int, ...], ndim: int) -> list[tuple[int, int]] | None:
+    """(mesh dim, tensor dim) of every sharding placement in the order the shards nest, or None when a rank's
+    shard is not one block. Plain ``Shard`` nests left to right; FSDP2's ``_StridedShard(d, sf)`` over tensor
+    parallel's ``Shard(d)`` nests right to left (TP's chunk first, then FSDP's chunk of it: one block), when sf is
+    the number of shards of the later mesh dimensions on that tensor dimension."""
     from torch.distributed.tensor import Replicate, Shard
 
-    return all(type(pl) is Shard or type(pl) is Replicate for pl in placements)
+    plain, strided = [], []
+    for d, pl in enumerate(placements):
+        if type(pl) is Replicate:
+            continue
+        if type(pl) is Shard:
+            plain.append((d, pl.dim % ndim))
+        elif type(pl).__name__ == "_StridedShard":
+            dim = pl.dim % ndim
+            later = 1
+            for e in range(d + 1, len(placements)):
+                if type(placements[e]) is Shard and placements[e].dim % ndim == dim:
+                    later *= mesh_shape[e]
+            if pl.split_factor != later:
+                return None
+            strided.append((d, dim))
+        else:
+            return None
+    return plain + strided[::-1]
+
+
+def is_blockwise(placements: tuple, mesh_shape: tuple[int, ...] = (), ndim: int = 2) -> bool:
+    """Placements whose local shards are single blocks (``Shard``, ``Replicate``, FSDP2 x TP's strided shards)."""
+    return _order(placements, mesh_shape or (1,) * len(placements), ndim) is not None
 
 
 def block_of(shape: tuple[int, ...], mesh_shape: tuple[int, ...], placements: tuple, coord: tuple[int, ...]) -> tuple[slice, ...]:
     """The block of a tensor of ``shape`` that the rank at mesh coordinate ``coord`` holds under blockwise
-    ``placements``."""
+    ``placements``: along each tensor dimension, nested ``torch.chunk`` of the mesh dimensions that shard it."""
+    order = _order(tuple(placements), tuple(mesh_shape), len(shape))
+    if order is None:
+        raise ValueError(f"placements {tuple(placements)} do not give each rank one block")
     ranges = [(0, int(n)) for n in shape]
-    for d, pl in enumerate(placements):
-        if pl.is_shard():
-            dim = pl.dim % len(shape)
-            a, b = ranges[dim]
-            s, e = chunk_range(b - a, mesh_shape[d], coord[d])
-            ranges[dim] = (a + s, a + e)
+    for d, dim in order:
+        a, b = ranges[dim]
+        s, e = chunk_range(b - a, mesh_shape[d], coord[d])
+        ranges[dim] = (a + s, a + e)
     return tuple(slice(a, b) for a, b in ranges)
 
 
@@ -62,7 +87,7 @@ def _coords(mesh: Any) -> list[tuple[tuple[int, ...], int]]:
 
 def blockwise(t: Any) -> Any:
     """``t`` itself when its shards are blocks, else redistributed to Shard(0) on every mesh dimension."""
-    if is_blockwise(tuple(t.placements)):
+    if is_blockwise(tuple(t.placements), tuple(t.device_mesh.shape), t.dim()):
         return t
     from torch.distributed.tensor import Shard
 
@@ -112,7 +137,7 @@ def gather_whole(t: Any, owner: int, dtype: torch.dtype | None = None) -> torch.
 def scatter_whole(whole: torch.Tensor | None, like: Any, owner: int, dtype: torch.dtype) -> torch.Tensor:
     """This rank's shard, in the layout of the DTensor ``like``, of the tensor ``whole`` that the rank ``owner``
     holds (None elsewhere); ``dtype`` names the result's dtype on every rank."""
-    target = like if is_blockwise(tuple(like.placements)) else None
+    target = like if is_blockwise(tuple(like.placements), tuple(like.device_mesh.shape), like.dim()) else None
     from torch.distributed.tensor import DTensor, Shard
 
     mesh = like.device_mesh

@@ -126,3 +126,18 @@ def test_budgeted_update_equals_unbounded(seed, monkeypatch):
     for c in chunks:  # plain matrices are not copies: only casts, Grams and workspace count
         assert sum(update_bytes(s, 4, False) for s in c) <= budget
     assert bounded.isfinite().sum() >= 8 and torch.equal(bounded.nan_to_num(), free.nan_to_num())
+
+
+def test_fsdp_over_tp_strided_shards_are_blocks():
+    """FSDP2 over a tensor-parallel Shard(0) gives (_StridedShard(0, sf=2), Shard(0)) on a (dp=2, tp=2) mesh: sharded
+    right to left, so (torch's own example, 8 rows) coordinate (dp, tp) holds rows 2 (2 tp + dp) .. + 2."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    placements = (_StridedShard(0, split_factor=2), Shard(0))
+    for dp in range(2):
+        for tp in range(2):
+            rows, cols = block_of((8, 8), (2, 2), placements, (dp, tp))
+            assert (rows.start, rows.stop) == (2 * (2 * tp + dp), 2 * (2 * tp + dp) + 2) and (cols.start, cols.stop) == (0, 8)
+    with pytest.raises(ValueError, match="do not give each rank one block"):  # a split factor that is not TP's
+        block_of((8, 8), (2, 2), (_StridedShard(0, split_factor=4), Shard(0)), (0, 0))
