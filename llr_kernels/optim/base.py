@@ -208,6 +208,7 @@ class LLROptimizer(torch.optim.Optimizer):
                 self._layer_index.pop(id(layer.param), None)
             self.policy = policy
             raise
+        self._dtensors = self._find_dtensors()
 
     def _expand_added_group(self, group: dict[str, Any], layers: list[Layer]) -> list[dict[str, Any]]:
         """The param groups one added group becomes (LLRMuon splits it into Muon and AdamW parts)."""
@@ -265,6 +266,7 @@ class LLROptimizer(torch.optim.Optimizer):
         self.layer_status = value
 
     def _init_step_state(self) -> None:
+        self._dtensors = self._find_dtensors()
         self._signature: tuple | None = None  # tensors with grads when the step plans were built
         self._mult_dev: dict[str, torch.Tensor] = {}  # multipliers (float64) on each device that steps
         self._mult_layers = -1
@@ -302,7 +304,7 @@ class LLROptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._dtensor_params():
+        if self._dtensors[1]:  # DTensor parameters (found at construction and add_param_group)
             self._align_grads()
         if self._host_due or self._grad_signature() != self._signature:
             self._host_step()
@@ -319,19 +321,16 @@ class LLROptimizer(torch.optim.Optimizer):
     # host: dynamo refuses a setattr on an optimizer inside a traced step in torch 2.11).
     step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
 
-    def _dtensor_params(self) -> list[torch.Tensor]:
-        """The DTensor parameters (cached; refreshed when the number of parameters changes)."""
+    def _find_dtensors(self) -> tuple[int, list[torch.Tensor], dict[int, str]]:
+        """(number of parameters, the DTensor parameters, their names): refreshed when parameters are added."""
+        ps = [p for g in self.param_groups for p in g["params"] if is_dtensor(p)]
         n = sum(len(g["params"]) for g in self.param_groups)
-        cached = self.__dict__.get("_dtensors")
-        if cached is None or cached[0] != n:
-            ps = [p for g in self.param_groups for p in g["params"] if is_dtensor(p)]
-            cached = self._dtensors = (n, ps, {id(p): repr(self.layers[self.layer_of(p)].name) for p in ps})
-        return cached[1]
+        return n, ps, {id(p): repr(self.layers[self.layer_of(p)].name) for p in ps}
 
     @torch.compiler.disable
     def _align_grads(self) -> None:
         """Every DTensor grad in its parameter's placements before anything reads it (``_dtensor.align_grads``)."""
-        align_grads(self._dtensor_params(), self._dtensors[2])
+        align_grads(self._dtensors[1], self._dtensors[2])
 
     @torch.compiler.disable
     def _host_step(self) -> None:

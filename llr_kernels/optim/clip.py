@@ -21,16 +21,17 @@ def _comm_device(group) -> torch.device:
 
 
 def squared_norm_by_mesh(params: list[torch.Tensor]) -> torch.Tensor:
-    """The global squared L2 norm (float64, 0-d, CPU) of the grads of ``params`` (DTensor grads first put in their
-    parameter's placements); every rank holding a DTensor of a mesh must call it with the same meshes."""
+    """The global squared L2 norm (float64, 0-d) of the grads of ``params`` (DTensor grads first put in their
+    parameter's placements), on the first mesh's communication device (no host sync); every rank holding a
+    DTensor of a mesh must call it with the same meshes."""
     by_mesh: dict = {}
-    plain = torch.zeros((), dtype=torch.float64)
+    plain = []
     for p in params:
         g = p.grad
         if g is None:
             continue
         if not is_dtensor(p):
-            plain += torch.linalg.vector_norm(g.detach(), dtype=torch.float64).pow(2).cpu()
+            plain.append(torch.linalg.vector_norm(g.detach(), dtype=torch.float64).pow(2))
             continue
         g = aligned(g, p)
         mesh = g.device_mesh
@@ -40,12 +41,16 @@ def squared_norm_by_mesh(params: list[torch.Tensor]) -> torch.Tensor:
                 holders *= mesh.size(d)
         part = torch.linalg.vector_norm(local(g).detach(), dtype=torch.float64).pow(2) / holders
         by_mesh.setdefault(mesh, []).append(part)
-    total = plain
+    sums = []
     for mesh, parts in by_mesh.items():
         sq = torch.stack(parts).sum().to(_comm_device(mesh.get_group(0)))
         for d in range(mesh.ndim):  # a sum over each mesh dimension in turn: the sum over every rank of the mesh
             dist.all_reduce(sq, group=mesh.get_group(d))
-        total = total + sq.cpu()
+        sums.append(sq)
+    device = sums[0].device if sums else (plain[0].device if plain else torch.device("cpu"))
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for x in sums + plain:
+        total = total + x.to(device)
     return total
 
 
@@ -59,7 +64,11 @@ def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Te
         return torch.zeros(())
     norm = squared_norm_by_mesh(grads).sqrt()
     coef = torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0)
+    coefs: dict = {}  # one copy per (device, dtype)
     for p in grads:
         g = local(p.grad)
-        g.mul_(coef.to(device=g.device, dtype=g.dtype))
+        key = (g.device, g.dtype)
+        if key not in coefs:
+            coefs[key] = coef.to(device=g.device, dtype=g.dtype)
+        g.mul_(coefs[key])
     return norm.to(local(grads[0].grad).dtype)
