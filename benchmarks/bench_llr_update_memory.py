@@ -8,12 +8,12 @@ Methods, each in fresh processes (one process group per method):
 - split: each matrix gathered whole onto one owner (``placements.gather_whole``), the default budget;
 - split + budget B: the same, measured and freed one chunk at a time under ``spectral_memory_budget=B``.
 Peak extra memory: the process's resident set sampled every millisecond by a thread during ``update_alphas``,
-minus the resident set just before it (after a warm-up update), maximum over ranks. The estimate is
+minus the resident set just before it (after a warm-up update and glibc's malloc_trim), maximum over ranks. The estimate is
 ``optim.budget``'s (``last_split['chunk_peak_estimate']``). Projections for 7B / 70B (fp32 weights):
 gather-everything holds every matrix plus the largest chunk's work; the split's peak is set by the budget
 (at least what the largest matrix alone needs), not by the model size.
 
-    python benchmarks/bench_llr_update_memory.py                      # 7B shapes / 8, 2 ranks, tp
+    python benchmarks/bench_llr_update_memory.py                      # 7B shapes / 8, 2 and 6 blocks, 2 ranks, tp
     python benchmarks/bench_llr_update_memory.py --dry-run --allow-loaded --out /tmp/x
 Writes benchmarks/results/llr_update_memory_cpu.{json,md} (only on a quiet machine, or marked with --allow-loaded).
 """
@@ -51,6 +51,16 @@ def _free_port() -> int:
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _trim() -> None:
+    """glibc's malloc_trim(0): freed heap memory back to the OS (else the resident set keeps the warm-up's)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
 
 
 class PeakRSS:
@@ -99,6 +109,7 @@ def _rank_main(rank: int, world: int, port: int, shapes: list, layout: str, grou
         del full
     opt = LLRAdamW(named, lr=1e-3, backend="torch", spectral_group=group, spectral_memory_budget=budget)
     opt.update_alphas(0)  # warm-up: the allocator's and the extension's first use
+    _trim()  # hand the warm-up's freed memory back to the OS, so the peak below is this update's
     dist.barrier()
     with PeakRSS() as peak:
         opt.update_alphas(0)
@@ -140,13 +151,14 @@ def gib(x: float) -> str:
 def markdown(payload: dict, load: dict) -> str:
     lines = [f"# Peak extra memory per rank of one LLR update (cpu, gloo, {payload['world']} ranks, {payload['layout']} layout)",
              "", C.machine_line(payload["machine"]), C.load_line(load),
-             f"- shapes: LLaMA-7B / {payload['scale']} ({payload['matrices']} matrices, {mib(payload['matrix_bytes'])} fp32); "
-             "peak = resident set sampled every 1 ms during update_alphas minus the resident set before, max over ranks",
+             f"- shapes: LLaMA-7B's hidden, FFN and vocab sizes / {payload['scale']}, {', '.join(str(x) for x in sorted({r['layers'] for r in payload['rows']}))} blocks; "
+             "peak = resident set sampled every 1 ms during update_alphas minus the resident set before (after a "
+             "warm-up update and malloc_trim), max over ranks",
              f"- command: `{payload['command']}`", "",
-             "| method | budget | measured peak extra / rank | estimate (optim.budget) | whole matrices held / rank |",
-             "|---|---|---|---|---|"]
+             "| blocks | matrices (fp32) | method | budget | measured peak extra / rank | estimate (optim.budget) | whole matrices held / rank |",
+             "|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
-        lines.append(f"| {r['method']} | {mib(r['budget']) if r['budget'] else 'default'} | {mib(r['extra_max'])} | "
+        lines.append(f"| {r['layers']} | {mib(r['matrix_bytes'])} | {r['method']} | {mib(r['budget']) if r['budget'] else 'default'} | {mib(r['extra_max'])} | "
                      f"{mib(r['estimate_max']) if r['estimate_max'] else '-'} | {mib(r['held_max']) if r['held_max'] else 'all'} |")
     lines += ["", "Projected peak extra memory per rank (fp32 weights, the memory model of optim.budget):", "",
               "| model | matrices (fp32) | largest matrix alone | gather-everything | split, 4 GiB budget |",
@@ -161,7 +173,7 @@ def markdown(payload: dict, load: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=int, default=8, help="divide LLaMA-7B's hidden, FFN and vocab sizes by this")
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--layers", type=int, nargs="+", default=[2, 6], help="model depths (blocks) to compare")
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--layout", choices=("tp", "fsdp"), default="tp")
     ap.add_argument("--budget-mib", type=float, nargs="+", default=None,
@@ -171,16 +183,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(C.RESULTS))
     a = ap.parse_args(argv)
     if a.dry_run:
-        a.scale, a.layers = 32, 1
+        a.scale, a.layers = 32, [1]
     h, f, _, vocab = C.LLAMA["7b"]
-    shapes = [(n, s) for n, s in C.llama_shapes(h // a.scale, f // a.scale, a.layers, vocab // a.scale) if len(s) == 2]
-    largest = max(update_bytes(s, 4, True) for _, s in shapes)
+
+    def shapes_of(layers: int) -> list:
+        return [(n, s) for n, s in C.llama_shapes(h // a.scale, f // a.scale, layers, vocab // a.scale) if len(s) == 2]
+
+    largest = max(update_bytes(s, 4, True) for _, s in shapes_of(1))
     budgets = [int(b * 2**20) for b in a.budget_mib] if a.budget_mib else [largest, 3 * largest]
     guard = C.LoadGuard("cpu", allow_loaded=a.allow_loaded)
     guard.start()
-    rows = [{"method": "gather-everything", "budget": None, **run(a.world, shapes, a.layout, None, None)},
-            {"method": "split", "budget": None, **run(a.world, shapes, a.layout, "auto", None)}]
-    rows += [{"method": "split + budget", "budget": b, **run(a.world, shapes, a.layout, "auto", b)} for b in budgets]
+    rows = []
+    for layers in a.layers:
+        shapes = shapes_of(layers)
+        common = {"layers": layers, "matrix_bytes": sum(s[0] * s[1] * 4 for _, s in shapes)}
+        rows += [{"method": "gather-everything", "budget": None, **common, **run(a.world, shapes, a.layout, None, None)},
+                 {"method": "split", "budget": None, **common, **run(a.world, shapes, a.layout, "auto", None)}]
+        rows += [{"method": "split + budget", "budget": b, **common, **run(a.world, shapes, a.layout, "auto", b)}
+                 for b in budgets]
     guard.own_runnable = a.world
     load = guard.finish()
     ref = rows[0]["alphas"]
@@ -190,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     projections = {"LLaMA-7B": projection(C.llama_params("7b"), 4 << 30),
                    "LLaMA-70B": projection(C.llama_shapes(*LLAMA_70B), 4 << 30)}
     payload = {"machine": C.machine_info("cpu"), "world": a.world, "layout": a.layout, "scale": a.scale,
-               "matrices": len(shapes), "matrix_bytes": sum(s[0] * s[1] * 4 for _, s in shapes),
                "command": " ".join(["python", "benchmarks/bench_llr_update_memory.py", *(argv if argv is not None else sys.argv[1:])]),
                "rows": rows, "projections": projections, "max_dalpha": dalpha}
     C.write_results(Path(a.out) / "llr_update_memory_cpu", payload, markdown(payload, load), guard)

@@ -27,6 +27,7 @@ from ._dtensor import align_grads, aligned, full, is_dtensor, local
 from .budget import check_budget_arg
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .params import classify_named, normalize_groups, per_layer, reject_sparse_embeddings, warn_unnamed
+from .placements import check_splittable
 from .spectral_update import update_layer_metrics
 from .validation import check_model_args, check_spectral_args, check_spectral_group
 
@@ -325,7 +326,10 @@ class LLROptimizer(torch.optim.Optimizer):
         """(number of parameters, the DTensor parameters, their names): refreshed when parameters are added."""
         ps = [p for g in self.param_groups for p in g["params"] if is_dtensor(p)]
         n = sum(len(g["params"]) for g in self.param_groups)
-        return n, ps, {id(p): repr(self.layers[self.layer_of(p)].name) for p in ps}
+        names = {id(p): repr(self.layers[self.layer_of(p)].name) for p in ps}
+        for p in ps:
+            check_splittable(p, names[id(p)])  # a Partial parameter: no rank holds any part of its value
+        return n, ps, names
 
     @torch.compiler.disable
     def _align_grads(self) -> None:

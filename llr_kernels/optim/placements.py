@@ -173,5 +173,6 @@ def scatter_whole(whole: torch.Tensor | None, like: Any, owner: int, dtype: torc
 def check_splittable(t: Any, name: str) -> None:
     """A clear error for a parameter whose layout these transfers cannot serve (Partial parameters)."""
     if any(pl.is_partial() for pl in t.placements):
-        raise NotImplementedError(f"parameter {name} has {describe(t)}: a parameter with Partial placements is "
-                                  "not a tensor any rank can own; keep parameters Shard / Replicate")
+        raise NotImplementedError(f"parameter {name} has {describe(t)}: a parameter with Partial placements has no "
+                                  "elements any rank holds, so no step can act on its shards; keep parameters Shard / "
+                                  "Replicate (a Partial gradient is fine: it is reduced before the step)")

@@ -127,7 +127,7 @@ def test_matches_single_process(mode, world, tmp_path):
             assert all(s["bytes_received"] == 0 for s in splits)
 
 
-def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):
+def test_optimizers_reject_dtensors_they_cannot_step(one_rank_group):
     """LLRMuon splits Newton-Schulz over any Shard / Replicate layout (tests/distributed/test_tensor_parallel.py,
     test_layouts_4ranks.py); a Partial parameter, or capturable=True with DTensors, fails at construction with a
     message naming the parameter and its placements, not at the first step."""
@@ -139,9 +139,10 @@ def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):
     mesh = init_device_mesh("cpu", (1,))
     q = model.model.layers[0].self_attn.q_proj
     q.weight = torch.nn.Parameter(DTensor.from_local(q.weight.detach(), mesh, [Partial()]))
-    with pytest.raises(NotImplementedError, match=r"^parameter 'model\.layers\.0\.self_attn\.q_proj\.weight' has "
-                                                  r"placements \(Partial\(sum\),\) on a 1-D mesh"):
-        LLRMuon(model)
+    for cls in (LLRMuon, LLRAdamW):
+        with pytest.raises(NotImplementedError, match=r"^parameter 'model\.layers\.0\.self_attn\.q_proj\.weight' has "
+                                                      r"placements \(Partial\(sum\),\) on a 1-D mesh"):
+            cls(model)
     q.weight = torch.nn.Parameter(distribute_tensor(q.weight.detach().to_local(), mesh, [Replicate()]))
     LLRMuon(model)  # replicated on a 1-D mesh: supported
     from torch.distributed.fsdp import fully_shard
