@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
-from llr_kernels.optim.budget import update_bytes  # noqa: E402
+from llr_kernels.optim.budget import update_bytes
 
 LLAMA_70B = (8192, 28672, 80, 128256)  # hidden, FFN, layers, vocab (Llama-3 70B)
 ROWWISE = ("o_proj", "down_proj")  # tensor parallel's Shard(1) matrices
@@ -66,7 +66,7 @@ def _trim() -> None:
 class PeakRSS:
     """The largest resident set seen by a sampling thread (1 ms) between start() and stop(), minus the start."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.peak = _rss()
         self._run = True
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -47,7 +47,7 @@ def aligned(t: torch.Tensor, like: torch.Tensor, name: str = "a parameter") -> t
     return t.redistribute(like.device_mesh, like.placements)
 
 
-def align_grads(params: list[torch.Tensor], name_of: "dict[int, str] | None" = None) -> None:
+def align_grads(params: list[torch.Tensor], name_of: dict[int, str] | None = None) -> None:
     """Give every DTensor parameter's grad the parameter's placements (``aligned``), in place of ``p.grad``: under
     tensor parallel an embedding's grad can come out ``Replicate`` on a ``Shard(0)`` weight, and a sequence-parallel
     norm's grad ``Partial(sum)`` on a ``Replicate`` weight; elementwise steps, clipping and gradient-phase alphas

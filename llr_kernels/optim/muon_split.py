@@ -20,7 +20,7 @@ reshard them.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -48,7 +48,7 @@ class SplitMuonStep:
     """The Muon part of an LLRMuon step, split across the ranks of ``split`` (DTensors of any layout; plain
     matrices are taken as replicated over those ranks, as under DDP)."""
 
-    def __init__(self, opt: "LLRMuon", active: list[tuple[int, torch.Tensor]], split: Split) -> None:
+    def __init__(self, opt: LLRMuon, active: list[tuple[int, torch.Tensor]], split: Split) -> None:
         if opt.capturable:
             raise NotImplementedError("LLRMuon with capturable=True cannot split Newton-Schulz across ranks (its "
                                       "collectives run per step on the host); use capturable=False under FSDP2/DDP")

@@ -33,7 +33,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..spectral.rules import STATUS_CODES  # statuses travel as index + 1 in the all-reduce (0: measured elsewhere)
+from ..spectral.rules import (
+    STATUS_CODES,  # statuses travel as index + 1 in the all-reduce (0: measured elsewhere)
+)
 from ._dtensor import is_dtensor
 from .placements import mesh_ranks
 

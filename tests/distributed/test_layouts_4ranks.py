@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from layouts import (  # noqa: E402
+from conftest import free_port, requires
+from layouts import (
     BSZ,
     STEPS,
     TPLlama,
@@ -26,8 +27,7 @@ from layouts import (  # noqa: E402
     run_case,
 )
 
-from conftest import free_port, requires  # noqa: E402
-from llr_kernels.dist_exit import exit_rank  # noqa: E402
+from llr_kernels.dist_exit import exit_rank
 
 pytestmark = requires(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
 
@@ -41,7 +41,10 @@ def dcp_case(name: str, init: dict, out: str) -> dict:
     """An uninterrupted FSDP x TP run, and one saved with DCP after DCP_CUT steps and resumed into a fresh model and
     optimizer (DCP re-creates the optimizer state with its own step): both end states."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
 
     data = batches(STEPS, BSZ)
 

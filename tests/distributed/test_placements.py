@@ -10,13 +10,13 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tiny_models import TinyLlama  # noqa: E402
+from conftest import requires
+from tiny_models import TinyLlama
 
-from conftest import requires  # noqa: E402
-from llr_kernels import LLRAdamW, LLRMuon  # noqa: E402
-from llr_kernels.optim import spectral_update  # noqa: E402
-from llr_kernels.optim.budget import Chunker, short_long, syev_max_batch, update_bytes  # noqa: E402
-from llr_kernels.optim.placements import block_of  # noqa: E402
+from llr_kernels import LLRAdamW, LLRMuon
+from llr_kernels.optim import spectral_update
+from llr_kernels.optim.budget import Chunker, short_long, syev_max_batch, update_bytes
+from llr_kernels.optim.placements import block_of
 
 pytestmark = requires(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
 

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from layouts import (  # noqa: E402
+from conftest import free_port, requires
+from layouts import (
     TPLlama,
     assert_matches_single_process,
     assert_measured_once,
@@ -22,8 +23,7 @@ from layouts import (  # noqa: E402
     single_process,
 )
 
-from conftest import free_port, requires  # noqa: E402
-from llr_kernels.dist_exit import exit_rank  # noqa: E402
+from llr_kernels.dist_exit import exit_rank
 
 pytestmark = requires(None if dist.is_available() else "this torch build has no torch.distributed", "torch.distributed")
 
