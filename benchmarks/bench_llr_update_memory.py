@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                  for b in budgets]
     guard.own_runnable = a.world
     load = guard.finish()
-    ref = rows[0]["alphas"]
-    dalpha = max(float((r["alphas"] - ref).nan_to_num().abs().max()) for r in rows)
+    ref = {r["layers"]: r["alphas"] for r in rows if r["method"] == "gather-everything"}
+    dalpha = max(float((r["alphas"] - ref[r["layers"]]).nan_to_num().abs().max()) for r in rows)
     for r in rows:
         del r["alphas"]
     projections = {"LLaMA-7B": projection(C.llama_params("7b"), 4 << 30),
