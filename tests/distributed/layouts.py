@@ -18,6 +18,8 @@ COMMON = dict(s=3.0, interval=2, total_steps=STEPS, grad_phase=0.25, min_eigs=8,
 KW = {
     "LLRAdamW": dict(lr=2e-2, weight_decay=0.1, **COMMON),
     "LLRAdamW-momentum": dict(lr=2e-2, weight_decay=0.1, grad_alpha_source="momentum", **{**COMMON, "grad_phase": 0.75}),
+    # the C++ extension's fused step (the same alignment of grads before it)
+    "LLRAdamW-cpp": dict(lr=2e-2, weight_decay=0.1, **{**COMMON, "backend": "cpp"}),
     # chunks of about two matrices (float64: 8-byte gathered copies): gathered, measured and freed in turn
     "LLRAdamW-budget": dict(lr=2e-2, weight_decay=0.1, spectral_memory_budget=2 * 60_000, **COMMON),
     "LLRMuon": dict(lr=0.05, adamw_lr=2e-2, weight_decay=0.1, ns_dtype=torch.float64, **{**COMMON, "s": 2.0}),

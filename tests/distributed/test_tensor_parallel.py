@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import free_port, requires
+from conftest import backend_missing, free_port, requires
 from layouts import (
     TPLlama,
     assert_matches_single_process,
@@ -29,8 +29,12 @@ pytestmark = requires(None if dist.is_available() else "this torch build has no 
 
 WORLD = 2
 # (layout, optimizer) run on the ranks; the single-process reference runs the same optimizer on the plain model
-CASES = [("tp", "LLRAdamW"), ("tp", "LLRAdamW-momentum"), ("tp", "LLRAdamW-budget"), ("tp", "LLRMuon"), ("tp-plain-norms", "LLRAdamW"),
-         ("tp-plain-norms", "LLRMuon")]
+CPP_MISSING = backend_missing("cpp", torch.device("cpu"))
+CASES = [("tp", "LLRAdamW"), ("tp", "LLRAdamW-momentum"), ("tp", "LLRAdamW-budget"), ("tp", "LLRMuon"),
+         ("tp-plain-norms", "LLRAdamW"), ("tp-plain-norms", "LLRMuon")] + ([("tp", "LLRAdamW-cpp")] if CPP_MISSING is None else [])
+PARAMS = [pytest.param(lay, n, id=f"{lay}-{n}") for lay, n in CASES] + (
+    [pytest.param("tp", "LLRAdamW-cpp", id="tp-LLRAdamW-cpp", marks=requires(CPP_MISSING, "backend 'cpp'"))]
+    if CPP_MISSING is not None else [])
 TOL = 1e-12
 
 
@@ -78,7 +82,7 @@ def tp_runs(tmp_path_factory):
     return init, [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("layout,name", CASES, ids=[f"{lay}-{n}" for lay, n in CASES])
+@pytest.mark.parametrize("layout,name", PARAMS)
 def test_tensor_parallel_matches_single_process(tp_runs, layout, name):
     """Every parameter (norms included), alpha and multiplier equals one process's to 1e-12; every rank ends with
     the same parameters and bitwise the same multipliers; clipping was active."""
@@ -86,7 +90,7 @@ def test_tensor_parallel_matches_single_process(tp_runs, layout, name):
     assert_matches_single_process([x[(layout, name)] for x in res], name, init)
 
 
-@pytest.mark.parametrize("layout,name", CASES, ids=[f"{lay}-{n}" for lay, n in CASES])
+@pytest.mark.parametrize("layout,name", PARAMS)
 def test_each_matrix_measured_once(tp_runs, layout, name):
     """Two LLR updates: each matrix went to the measurement on exactly one rank per update, the ranks share the
     work, and under LLRMuon each Muon matrix was orthogonalized on one rank."""
