@@ -40,9 +40,13 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         while a scheduler changes the LRs: each group's lr becomes a 0-d tensor on its parameters' device (update
         it in place, as torch.optim.lr_scheduler does for tensor LRs), and step() makes no host sync and no
         host-to-device copy except on steps with host work (LLR updates, ramps; see ``after_replay``).
-    spectral_group: which ranks share the LLR update, each measuring some of the layers: "auto" (the FSDP2 mesh,
-        or the group of a DistributedDataParallel model passed as ``model``/``params``), a process group whose ranks
-        hold identical parameters (DDP), or None (every rank measures every layer). See ``optim.spectral_split``.
+    spectral_group: which ranks share the LLR update, each measuring some of the layers: "auto" (the mesh of DTensor
+        parameters of any layout: FSDP2, HSDP, tensor parallel, FSDP x TP; or the group of a DistributedDataParallel
+        model passed as ``model``/``params``), a process group whose ranks hold identical parameters (DDP), or None
+        (every rank measures every layer). See ``optim.spectral_split``.
+    spectral_memory_budget: bytes an LLR update may add on one rank (gathered matrices, casts, Grams, float64
+        tiers; ``optim.budget``): matrices are gathered, measured and freed one chunk at a time under it. None:
+        ``spectral.cost.default_budget`` (2 GiB on CPU, a quarter of free GPU memory up to 8 GiB).
     policy: the layerwise scheme, if not LLR as above: a preset name ("uniform", "llr-shuffled", "sharpness",
         "rlrs", "alphadecay", "llr+alphadecay", ...: ``llr_kernels.policies.PRESETS``, built from the LLR arguments
         above where they apply, e.g. total_steps) or a config (``LLRConfig`` with another map / metric / fit,
@@ -86,6 +90,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
         spectral_group: Any = "auto",
         policy: str | PolicyConfig | None = None,
         policy_group: Any = None,
+        spectral_memory_budget: int | None = None,
     ) -> None:
         validate_adamw_args(lr, betas, eps, weight_decay, amsgrad, maximize)
         check_choice("grad_alpha_source", grad_alpha_source, ("grad", "momentum"),
@@ -97,6 +102,7 @@ class LLRAdamW(FusedAdamWPart, LLROptimizer):
             params, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
             spectral_group=spectral_group, policy=policy, policy_group=policy_group,
+            spectral_memory_budget=spectral_memory_budget,
         )
         self.max_grad_norm = max_grad_norm
         self.state_dtype = state_dtype

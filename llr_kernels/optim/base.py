@@ -23,9 +23,11 @@ from ..ops.custom_ops import llr_tick, register_tick
 from ..ops.dispatch import BACKENDS
 from ..policies import LayerwisePolicy, LLRConfig, PolicyConfig, resolve_policy
 from ..spectral.rules import STATUS_NOT_MEASURED
-from ._dtensor import full, local
+from ._dtensor import align_grads, aligned, full, is_dtensor, local
+from .budget import check_budget_arg
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .params import classify_named, normalize_groups, per_layer, reject_sparse_embeddings, warn_unnamed
+from .placements import check_splittable
 from .spectral_update import update_layer_metrics
 from .validation import check_model_args, check_policy_group, check_spectral_args, check_spectral_group
 
@@ -67,6 +69,7 @@ class LLROptimizer(torch.optim.Optimizer):
         capturable: bool = False,
         spectral_group: Any = "auto",
         policy_group: Any = None,
+        spectral_memory_budget: int | None = None,
     ) -> None:
         policy_config = resolve_policy(policy, llr)
         check_spectral_group(spectral_group)
@@ -95,6 +98,8 @@ class LLROptimizer(torch.optim.Optimizer):
         reject_sparse_embeddings(model, self._layer_index)
         self.policy = policy_config.build(self.layers)
         self.hill_method, self.hill_variant, self.min_eigs = hill_method, hill_variant, min_eigs
+        check_budget_arg(spectral_memory_budget, self.layers)
+        self.spectral_memory_budget = spectral_memory_budget  # bytes an LLR update may add per rank (optim.budget)
         self.llr_step = 0
         self.llr_update_seconds = 0.0
         self.layer_status: list[str] = [STATUS_NOT_MEASURED] * len(self.layers)  # per layer, of the last update
@@ -127,8 +132,9 @@ class LLROptimizer(torch.optim.Optimizer):
             st = self.state.get(layer.param, {})
             buf = st.get("momentum_buffer", st.get("exp_avg"))
             if buf is not None:
-                return buf
-        return layer.param.grad
+                return aligned(buf, layer.param, repr(layer.name))
+        g = layer.param.grad
+        return None if g is None else aligned(g, layer.param, repr(layer.name))  # e.g. a Partial grad: reduced
 
     @_refreshes_multipliers
     @torch.no_grad()
@@ -212,6 +218,7 @@ class LLROptimizer(torch.optim.Optimizer):
                 self._layer_index.pop(id(layer.param), None)
             self.policy = policy
             raise
+        self._dtensors = self._find_dtensors()
 
     def _expand_added_group(self, group: dict[str, Any], layers: list[Layer]) -> list[dict[str, Any]]:
         """The param groups one added group becomes (LLRMuon splits it into Muon and AdamW parts)."""
@@ -269,6 +276,7 @@ class LLROptimizer(torch.optim.Optimizer):
         self.layer_status = value
 
     def _init_step_state(self) -> None:
+        self._dtensors = self._find_dtensors()
         self._signature: tuple | None = None  # tensors with grads when the step plans were built
         self._mult_dev: dict[str, torch.Tensor] = {}  # multipliers (float64) on each device that steps
         self._mult_layers = -1
@@ -306,6 +314,8 @@ class LLROptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._dtensors[1]:  # DTensor parameters (found at construction and add_param_group)
+            self._align_grads()
         if self._host_due or self._grad_signature() != self._signature:
             self._host_step()
         self._step_params()
@@ -320,6 +330,20 @@ class LLROptimizer(torch.optim.Optimizer):
     # "scheduler.step() before optimizer.step()" warning, for which _after_step sets _opt_called itself (on the
     # host: dynamo refuses a setattr on an optimizer inside a traced step in torch 2.11).
     step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+
+    def _find_dtensors(self) -> tuple[int, list[torch.Tensor], dict[int, str]]:
+        """(number of parameters, the DTensor parameters, their names): refreshed when parameters are added."""
+        ps = [p for g in self.param_groups for p in g["params"] if is_dtensor(p)]
+        n = sum(len(g["params"]) for g in self.param_groups)
+        names = {id(p): repr(self.layers[self.layer_of(p)].name) for p in ps}
+        for p in ps:
+            check_splittable(p, names[id(p)])  # a Partial parameter: no rank holds any part of its value
+        return n, ps, names
+
+    @torch.compiler.disable
+    def _align_grads(self) -> None:
+        """Every DTensor grad in its parameter's placements before anything reads it (``_dtensor.align_grads``)."""
+        align_grads(self._dtensors[1], self._dtensors[2])
 
     @torch.compiler.disable
     def _host_step(self) -> None:

@@ -16,7 +16,8 @@ from .._checks import check_betas, check_bool, check_real
 from ..ops.custom_ops import adamw_step
 from ..ops.dispatch import get_op
 from ._dtensor import is_dtensor, local
-from .params import clip_all_grads, default_state_dtype, per_layer
+from .clip import clip_all_grads
+from .params import default_state_dtype, per_layer
 
 
 @dataclass

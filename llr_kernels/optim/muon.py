@@ -32,8 +32,10 @@ from .base import LLROptimizer
 from .fused_adamw import FusedAdamWPart, _Launch, validate_adamw_args, validate_step_options
 from .muon_apply import ApplyLaunch, make_apply_launch, run_apply
 from .muon_split import SplitMuonStep
-from .params import classify_named, clip_all_grads, default_state_dtype, normalize_groups, warn_unnamed
-from .spectral_split import _row_sharded, resolve_group
+from .clip import clip_all_grads
+from .params import classify_named, default_state_dtype, normalize_groups, warn_unnamed
+from .placements import check_splittable
+from .spectral_split import Split, resolve_split
 from .validation import check_backend, check_model_args
 
 _ADAMW_NAMES = {"lr": "adamw_lr", "betas": "adamw_betas", "eps": "adamw_eps", "weight_decay": "adamw_weight_decay"}
@@ -113,12 +115,13 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
     capturable: as LLRAdamW's: every step-time scalar stays on the device (group LRs become 0-d device tensors)
         so a step can be captured in a CUDA graph and replayed while a scheduler changes the LRs.
     spectral_group: as LLRAdamW's (under DDP, pass the DistributedDataParallel model or its process group).
-    policy, policy_group: as LLRAdamW's.
+    spectral_memory_budget, policy, policy_group: as LLRAdamW's.
     Every argument is checked here, not at the first step: a wrong type raises TypeError, a value out of range
     ValueError (an explicit backend that cannot run on the parameters' devices too), each naming the argument.
-    Under FSDP2 (row-sharded DTensors on a 1-D mesh) each matrix is orthogonalized on one rank and its rows go
-    back (``muon_split``); under DDP too when the optimizer is built on the DistributedDataParallel model (or
-    given ``spectral_group``). Other DTensor layouts raise NotImplementedError at construction.
+    With DTensor parameters of any layout (FSDP2, HSDP, tensor parallel, FSDP x TP) each matrix is orthogonalized
+    whole on one rank and scattered back to every rank's shard (``muon_split``); under DDP too when the optimizer
+    is built on the DistributedDataParallel model (or given ``spectral_group``). Partial parameters raise
+    NotImplementedError at construction.
     """
 
     def __init__(
@@ -163,6 +166,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
         spectral_group: Any = "auto",
         policy: str | PolicyConfig | None = None,
         policy_group: Any = None,
+        spectral_memory_budget: int | None = None,
     ) -> None:
         if adamw_weight_decay is None:
             adamw_weight_decay = weight_decay
@@ -188,6 +192,7 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
             groups, defaults, llr=config, model=model, classify=classify, backend=backend,
             hill_method=hill_method, hill_variant=hill_variant, min_eigs=min_eigs, capturable=capturable,
             spectral_group=spectral_group, policy=policy, policy_group=policy_group,
+            spectral_memory_budget=spectral_memory_budget,
         )
         if not names_known:  # generated names name layers, but torch's param_names holds only names given to us
             for g in self.param_groups:
@@ -228,12 +233,8 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
                             f"LLRMuon with capturable=True cannot split Newton-Schulz across ranks ({name!r} is a DTensor; "
                             "the split's collectives run on the host every step); use capturable=False under FSDP2"
                         )
-                    if is_dtensor(p) and not _row_sharded(p):
-                        raise NotImplementedError(
-                            f"LLRMuon supports DTensor parameters sharded along rows on a 1-D mesh (FSDP2's fully_shard); "
-                            f"{name!r} has placements {tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh. Use LLRAdamW "
-                            "for other layouts (HSDP, tensor parallel)"
-                        )
+                    if is_dtensor(p):
+                        check_splittable(p, repr(name))
                 muon_params += g["params"]
             else:
                 validate_adamw_args(g["lr"], g["betas"], g["eps"], g["weight_decay"], g["amsgrad"], g["maximize"], where=where)
@@ -277,26 +278,28 @@ class LLRMuon(FusedAdamWPart, LLROptimizer):
 
     def _rebuild_plans(self) -> None:
         active = self._active(self.muon_group_ids())
-        group, layout = self._muon_split_group([p for _, p in active])
-        self._muon_split = None if group is None else SplitMuonStep(self, active, group, layout)
-        self._build_muon_plan([] if group is not None else active)
+        split = self._muon_split_group([p for _, p in active])
+        self._muon_split = None if split is None else SplitMuonStep(self, active, split)
+        self._build_muon_plan([] if split is not None else active)
         self._build_launches(self._active(self.adamw_group_ids()))
         self._clip_params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
 
-    def _muon_split_group(self, params: list[torch.Tensor]) -> tuple[Any, str]:
-        """The group that splits Newton-Schulz across ranks (``muon_split``): the mesh of FSDP2 parameters (needed:
-        no rank holds whole matrices), or under DDP the spectral group, when there is one; else (None, "")."""
+    def _muon_split_group(self, params: list[torch.Tensor]) -> Split | None:
+        """Who splits Newton-Schulz across ranks (``muon_split``): the mesh of DTensor parameters, any layout (needed:
+        no rank holds whole matrices), or under DDP the spectral group, when there is one; else None."""
         if not params:
-            return None, ""
+            return None
         if any(is_dtensor(p) for p in params):
-            group, layout = resolve_group("auto", None, params)
-            if group is None:
-                raise NotImplementedError("LLRMuon's Muon matrices must all be FSDP2 DTensors on one 1-D mesh (or none "
-                                          "of them DTensors)")
-            return group, layout
+            split = resolve_split("auto", None, params, keep_single=True)
+            if split is None:
+                meshes = {str(p.device_mesh) for p in params if is_dtensor(p)}
+                raise NotImplementedError(f"LLRMuon's Muon matrices are DTensors on meshes over different ranks "
+                                          f"({sorted(meshes)}); its split step needs one set of ranks (e.g. one 2-D "
+                                          "mesh): give each pipeline stage its own LLRMuon")
+            return split
         if self.spectral_group is None:
-            return None, ""
-        return resolve_group(self.spectral_group, self._model_ref() if self._model_ref else None, params)
+            return None
+        return resolve_split(self.spectral_group, self._model_ref() if self._model_ref else None, params)
 
     def _build_muon_plan(self, active: list[tuple[int, torch.Tensor]]) -> None:
         """Bucket the stepping Muon matrices by shape and allocate batch buffers (when the set changes: host work)."""

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ..layers import Classifier, Layer, classify_parameters
-from ._dtensor import full
 from .wrappers import normalize_name
 
 
@@ -128,11 +127,6 @@ def classify_named(
         layer.name = normalize_name(layer.name)
         layer.aliases = list(dict.fromkeys(normalize_name(a) for a in layer.aliases))
     return layers
-
-
-def clip_all_grads(params: list[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
-    """Clip the global grad norm over ``params`` in place (all ranks for DTensors); returns the plain norm."""
-    return full(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
 
 
 def reject_sparse_embeddings(model: nn.Module | None, stepped: dict[int, int]) -> None:

@@ -1,15 +1,18 @@
-"""The LLR update split across processes (ranks of a process group, not matrix ranks): each rank measures only its share of the layers, then all ranks share the
-alphas, so every rank holds the same multipliers and the update's wall time falls with the world size.
+"""The LLR update split across processes (ranks of a process group, not matrix ranks): each rank measures only its
+share of the layers, then all ranks share the alphas, so every rank holds bitwise the same multipliers and the
+update's wall time falls with the world size.
 
-Which group splits the work (``spectral_group`` of the optimizers):
-- FSDP2 / DTensor parameters on a 1-D mesh: that mesh's group ("auto"). Each matrix (weight, gradient or first
-  moment) is gathered onto its owner only (``dist.gather`` of the row shards), never onto every rank as
-  ``full_tensor()`` would: per update a rank receives about 1/world of the model, one matrix at a time, and
-  holds at most the matrices it owns (``last_split`` reports both).
+Which ranks split the work (``spectral_group`` of the optimizers):
+- DTensor parameters of any layout ("auto"): FSDP2, HSDP, tensor / sequence parallel, FSDP x TP; the ranks of
+  their mesh (all the measured DTensors' meshes must span the same ranks, e.g. one 2-D mesh). Each matrix
+  (weight, gradient or first moment) is gathered onto its owner only (``placements.gather_whole``), never onto
+  every rank as ``full_tensor()`` would: per update a rank receives about 1/world of the model, one matrix at a
+  time. Plain matrices among them are taken as replicated over those ranks (as a tensor-parallel model's
+  unsharded layers are): the owner measures its own copy.
 - Replicated parameters (DDP): the group of a ``DistributedDataParallel`` model passed as ``model`` ("auto"), or
   a process group given explicitly. Every rank already holds every matrix: nothing but the alphas moves.
-- Otherwise (one process, pipeline stages holding different layers, HSDP meshes): no split, each rank measures
-  its own matrices as before (FSDP2 on other meshes through ``full_tensor()``).
+- Otherwise (one process; DTensors on meshes over different ranks, as pipeline stages are): no split, each rank
+  measures its own matrices (DTensors through ``full_tensor()``).
 
 Why gather W and not sum partial Grams: for a row-sharded W (rows x cols), the short-side Gram of a tall W is
 W^T W = sum_r W_r^T W_r, so the owner could receive world - 1 partial Grams of cols^2 elements instead of
@@ -24,13 +27,17 @@ rank computes the same assignment with no communication.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..spectral.rules import STATUS_CODES  # statuses travel as index + 1 in the all-reduce (0: measured elsewhere)
+from ..spectral.rules import (
+    STATUS_CODES,  # statuses travel as index + 1 in the all-reduce (0: measured elsewhere)
+)
 from ._dtensor import is_dtensor
+from .placements import mesh_ranks
 
 
 def measure_cost(shape: tuple[int, ...]) -> float:
@@ -54,61 +61,65 @@ def assign_owners(costs: list[float], world: int) -> list[int]:
     return owner
 
 
-def _row_sharded(t: torch.Tensor) -> bool:
-    """A DTensor sharded along dim 0 over a 1-D mesh (FSDP2's layout)."""
-    from torch.distributed.tensor import Shard
+@dataclass
+class Split:
+    """The ranks that share the LLR update (or LLRMuon's Newton-Schulz): owners index ``ranks``."""
 
-    return t.device_mesh.ndim == 1 and len(t.placements) == 1 and t.placements[0] == Shard(0)
+    ranks: list[int]  # global ranks, sorted
+    layout: str  # "dtensor" (matrices gathered from every rank's shard) or "replicated" (every rank holds them)
+    mesh: Any = None  # "dtensor": the mesh whose dimensions carry the all-reduce of the results
+    group: Any = None  # "replicated": the process group
+
+    @property
+    def world(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def rank(self) -> int:
+        """This process's index in ``ranks``."""
+        return self.ranks.index(dist.get_rank())
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        """Sum ``t`` over the ranks in place (on a mesh: one all-reduce per mesh dimension)."""
+        if self.mesh is None:
+            dist.all_reduce(t, group=self.group)
+            return
+        for d in range(self.mesh.ndim):
+            dist.all_reduce(t, group=self.mesh.get_group(d))
+
+    def comm_device(self) -> torch.device:
+        group = self.group if self.mesh is None else self.mesh.get_group(0)
+        backend = dist.get_backend(group)
+        return torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(backend) else torch.device("cpu")
 
 
-def resolve_group(spectral_group: Any, model: Any, params: list[torch.Tensor]) -> tuple[Any, str]:
-    """(the process group that splits the spectral work or None, the layout: "dtensor", "replicated" or "")."""
+def resolve_split(spectral_group: Any, model: Any, params: list[torch.Tensor], *, keep_single: bool = False) -> Split | None:
+    """Who splits the work over ``params`` (see the module docstring), or None for no split (also for a split over
+    one rank unless ``keep_single``)."""
     if spectral_group is None or not (dist.is_available() and dist.is_initialized()):
-        return None, ""
+        return None
     dtensors = [p for p in params if is_dtensor(p)]
-    if spectral_group == "auto":
-        if dtensors:
-            p = dtensors[0]
-            same_mesh = all(q.device_mesh == p.device_mesh for q in dtensors)
-            if same_mesh and len(dtensors) == len(params) and all(_row_sharded(q) for q in dtensors):
-                return _useful(p.device_mesh.get_group(), "dtensor")
-            return None, ""
-        group = getattr(model, "process_group", None) if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
-        return _useful(group, "replicated") if group is not None else (None, "")
     if dtensors:
-        raise ValueError("spectral_group=<a process group> is for replicated (DDP) parameters; with FSDP2/DTensor "
-                         "parameters leave spectral_group='auto' (the parameters' mesh splits the work)")
-    return spectral_group, "replicated"
+        if spectral_group != "auto":
+            raise ValueError("spectral_group=<a process group> is for replicated (DDP) parameters; with DTensor "
+                             "parameters (FSDP2, tensor parallel) leave spectral_group='auto' (their mesh splits the work)")
+        ranks = mesh_ranks(dtensors[0].device_mesh)
+        if any(mesh_ranks(q.device_mesh) != ranks for q in dtensors[1:]):
+            return None
+        split = Split(ranks, "dtensor", mesh=dtensors[0].device_mesh)
+    elif spectral_group == "auto":
+        group = getattr(model, "process_group", None) if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
+        if group is None:
+            return None
+        split = Split(sorted(dist.get_process_group_ranks(group)), "replicated", group=group)
+    else:  # an explicit group splits even over one rank (as asked)
+        return Split(sorted(dist.get_process_group_ranks(spectral_group)), "replicated", group=spectral_group)
+    return split if split.world > 1 or keep_single else None
 
 
-def _useful(group: Any, layout: str) -> tuple[Any, str]:
-    """(group, layout), or no split when the group has one rank (nothing to share; a DTensor's one shard is whole)."""
-    return (group, layout) if dist.get_world_size(group) > 1 else (None, "")
-
-
-def _comm_device(group: Any) -> torch.device:
-    backend = dist.get_backend(group)
-    return torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(backend) else torch.device("cpu")
-
-
-def gather_to_owner(local: torch.Tensor, rows: int, owner: int, group: Any) -> torch.Tensor | None:
-    """The whole (rows, ...) matrix whose row shards (FSDP2's ``torch.chunk`` layout: ceil(rows / world) rows a
-    rank, the last ranks fewer) the ranks hold as ``local``, on the owner (group rank); None elsewhere. Every rank
-    calls it."""
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    chunk = -(-rows // world)
-    dev = _comm_device(group)
-    padded = torch.zeros((chunk, *local.shape[1:]), dtype=local.dtype, device=dev)
-    padded[: local.shape[0]].copy_(local)
-    whole = torch.empty((chunk * world, *local.shape[1:]), dtype=local.dtype, device=dev) if rank == owner else None
-    dist.gather(padded, None if whole is None else list(whole.split(chunk)), dst=dist.get_global_rank(group, owner),
-                group=group)  # straight into one buffer: the owner holds the matrix once
-    return None if whole is None else whole[:rows].to(local.device)
-
-
-def share_results(alphas: torch.Tensor, status: list[str], mine: list[int], group: Any) -> tuple[torch.Tensor, list[str]]:
+def share_results(alphas: torch.Tensor, status: list[str], mine: list[int], split: Split) -> tuple[torch.Tensor, list[str]]:
     """Every rank's alphas and statuses for the layers it measured (``mine``), combined on all ranks."""
-    dev = _comm_device(group)
+    dev = split.comm_device()
     n = alphas.numel()
     vals = torch.zeros(n, dtype=torch.float64, device=dev)
     codes = torch.zeros(n, dtype=torch.int64, device=dev)
@@ -117,7 +128,7 @@ def share_results(alphas: torch.Tensor, status: list[str], mine: list[int], grou
         vals[idx.to(dev)] = alphas[idx].to(dev)
         codes[idx.to(dev)] = torch.tensor([STATUS_CODES.index(status[i]) + 1 if status[i] in STATUS_CODES else 1
                                            for i in mine], dtype=torch.int64, device=dev)
-    dist.all_reduce(vals, group=group)  # each layer has one owner: the sum is that owner's value (NaN stays NaN)
-    dist.all_reduce(codes, group=group)
+    split.all_reduce(vals)  # each layer has one owner: the sum is that owner's value exactly (NaN stays NaN)
+    split.all_reduce(codes)
     codes = codes.cpu().tolist()
     return vals.cpu(), [STATUS_CODES[c - 1] if c > 0 else "not_measured" for c in codes]

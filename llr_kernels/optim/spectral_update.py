@@ -9,9 +9,9 @@ import warnings
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 
 from ..spectral import hill_alpha, measure
+from ..spectral.cost import default_budget
 from ..spectral.rules import (
     OK_STATUSES,
     STATUS_INACTIVE,
@@ -19,9 +19,11 @@ from ..spectral.rules import (
     STATUS_OUTLIER,
     STATUS_VECTOR,
 )
-from ._dtensor import full
+from ._dtensor import full, is_dtensor, local
+from .budget import Chunker, update_bytes
+from .placements import gather_whole
 from .params import caller_stacklevel
-from .spectral_split import assign_owners, gather_to_owner, measure_cost, resolve_group, share_results
+from .spectral_split import Split, assign_owners, measure_cost, resolve_split, share_results
 
 if TYPE_CHECKING:
     from .base import LLROptimizer
@@ -69,45 +71,20 @@ def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Ten
 
 def measure_layers(opt: "LLROptimizer", source: str) -> tuple[torch.Tensor, list[str]]:
     """Every layer's metric (float64, NaN where not measured) and status, measured on ``source`` ("grad" or
-    "weight"), split over ``spectral_group`` when there is one."""
+    "weight"), split over ``spectral_group`` when there is one (each matrix measured once in the world)."""
     measured = opt.measured_layers()
-    group, layout = resolve_group(opt.spectral_group, opt._model_ref() if opt._model_ref else None,
-                                  [opt.layers[i].param for i in measured])
-    owners = None
-    if group is not None:
-        owners = assign_owners([measure_cost(opt.layers[i].shape) for i in measured], dist.get_world_size(group))
-        rank = dist.get_rank(group)
-    idx, mats, received = [], [], 0
-    for j, i in enumerate(measured):
-        src = opt._spectral_source(opt.layers[i], source)
-        if src is None:
-            continue
-        if owners is None:
-            m = full(src)
-        elif layout == "dtensor":
-            m = gather_to_owner(src.to_local(), src.shape[0], owners[j], group)  # every rank calls; the owner receives
-            received += 0 if m is None else m.numel() * m.element_size()
-        else:
-            m = src if owners[j] == rank else None
-        if m is not None:
-            idx.append(i)
-            mats.append(m)
     alphas = torch.full((len(opt.layers),), float("nan"), dtype=torch.float64)
     status = [STATUS_VECTOR if not l.is_matrix else STATUS_NO_GRAD for l in opt.layers]
-    if mats:
-        values, statuses = measure_matrices(opt, mats)
-        alphas[idx] = values
-        for i, st in zip(idx, statuses):
-            status[i] = st
-    if owners is not None:
+    split, stats = measure_share(opt, measured, source, alphas, status)
+    if split is not None:
+        rank = split.rank
+        owners = assign_owners([measure_cost(opt.layers[i].shape) for i in measured], split.world)
         mine = [i for j, i in enumerate(measured) if owners[j] == rank]
-        shared, shared_status = share_results(alphas, status, mine, group)
+        shared, shared_status = share_results(alphas, status, mine, split)
         for i in measured:
             alphas[i], status[i] = shared[i], shared_status[i]
-        opt.last_split = {"world": dist.get_world_size(group), "rank": rank, "layout": layout,
-                           "layers_measured": len(mine), "layers": len(measured), "bytes_received": received,
-                           "bytes_held": sum(m.numel() * m.element_size() for m in mats)}
-    del mats
+        opt.last_split = {"world": split.world, "rank": rank, "layout": split.layout, "layers_measured": len(mine),
+                          "layers": len(measured), **stats}
     return alphas, status
 
 
@@ -120,6 +97,56 @@ def finish_update(opt: "LLROptimizer", status: list[str], outliers: torch.Tensor
     opt.layer_status = status
     warn_statuses(opt, status, source, usable)
     opt.llr_update_seconds += time.perf_counter() - start
+
+
+def measure_share(opt: "LLROptimizer", measured: list[int], source: str, alphas: torch.Tensor,
+                   status: list[str]) -> tuple[Split | None, dict]:
+    """Measure this rank's share of the ``measured`` layers into ``alphas`` / ``status``, one chunk at a time: each
+    matrix is gathered whole onto its owner only (any DTensor layout; ``placements.gather_whole``), chunks stay
+    under the memory budget (``budget``) and are measured and freed before the next gather. Returns the split
+    (None: this rank measured every layer) and what moved ("bytes_received", "bytes_held": the largest chunk)."""
+    params = [opt.layers[i].param for i in measured]
+    split = resolve_split(opt.spectral_group, opt._model_ref() if opt._model_ref else None, params)
+    owners = None if split is None else assign_owners([measure_cost(opt.layers[i].shape) for i in measured], split.world)
+    me = 0 if split is None else split.rank
+    device = local(params[0]).device if params else torch.device("cpu")
+    chunk = Chunker(opt.spectral_memory_budget if opt.spectral_memory_budget is not None else default_budget(device))
+    idx: list[int] = []
+    mats: list[torch.Tensor] = []
+    received, held_bytes = 0, 0
+
+    def flush() -> None:
+        if mats:
+            values, statuses = measure_matrices(opt, mats)
+            alphas[idx] = values
+            for i, st in zip(idx, statuses):
+                status[i] = st
+        idx.clear(), mats.clear(), chunk.reset()
+
+    for j, i in enumerate(measured):
+        src = opt._spectral_source(opt.layers[i], source)
+        if src is None:
+            continue
+        if owners is not None and owners[j] != me and not is_dtensor(src):
+            continue  # a replicated matrix: its owner measures its own copy
+        shape, copied = tuple(src.shape), is_dtensor(src)
+        need = update_bytes(shape, src.element_size(), copied)
+        if (owners is None or owners[j] == me) and chunk.must_flush(shape, need):
+            flush()  # before the gather: the budget bounds what is held at once
+        if owners is None:
+            m = full(src)
+        elif is_dtensor(src):
+            m = gather_whole(src, split.ranks[owners[j]])  # every rank takes part; the owner receives
+        else:
+            m = src
+        if m is not None:
+            received += m.numel() * m.element_size() if copied and split is not None else 0
+            held_bytes = max(held_bytes, sum(x.numel() * x.element_size() for x in mats) + m.numel() * m.element_size())
+            chunk.add(shape, need)
+            idx.append(i)
+            mats.append(m)
+    flush()
+    return split, {"bytes_received": received, "bytes_held": held_bytes, "chunk_peak_estimate": chunk.peak}
 
 
 def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:

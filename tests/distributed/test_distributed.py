@@ -127,20 +127,24 @@ def test_matches_single_process(mode, world, tmp_path):
             assert all(s["bytes_received"] == 0 for s in splits)
 
 
-def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):
-    """LLRMuon splits Newton-Schulz over FSDP2's row shards (see test_matches_single_process); a DTensor of another
-    layout fails at construction with a message that says what to use, not at the first step."""
+def test_optimizers_reject_dtensors_they_cannot_step(one_rank_group):
+    """LLRMuon splits Newton-Schulz over any Shard / Replicate layout (tests/distributed/test_tensor_parallel.py,
+    test_layouts_4ranks.py); a Partial parameter, or capturable=True with DTensors, fails at construction with a
+    message naming the parameter and its placements, not at the first step."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, distribute_tensor
+    from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
 
     torch.manual_seed(0)
     model = TinyLlama(d=32, ffn=64, layers=1)
     mesh = init_device_mesh("cpu", (1,))
     q = model.model.layers[0].self_attn.q_proj
-    q.weight = torch.nn.Parameter(distribute_tensor(q.weight.detach(), mesh, [Replicate()]))
-    with pytest.raises(NotImplementedError, match=r"^LLRMuon supports DTensor parameters sharded along rows on a 1-D mesh .*"
-                                                  r"'model\.layers\.0\.self_attn\.q_proj\.weight' has placements"):
-        LLRMuon(model)
+    q.weight = torch.nn.Parameter(DTensor.from_local(q.weight.detach(), mesh, [Partial()]))
+    for cls in (LLRMuon, LLRAdamW):
+        with pytest.raises(NotImplementedError, match=r"^parameter 'model\.layers\.0\.self_attn\.q_proj\.weight' has "
+                                                      r"placements \(Partial\(sum\),\) on a 1-D mesh"):
+            cls(model)
+    q.weight = torch.nn.Parameter(distribute_tensor(q.weight.detach().to_local(), mesh, [Replicate()]))
+    LLRMuon(model)  # replicated on a 1-D mesh: supported
     from torch.distributed.fsdp import fully_shard
 
     sharded = TinyLlama(d=32, ffn=64, layers=1)
@@ -148,6 +152,7 @@ def test_llr_muon_rejects_dtensors_it_cannot_split(one_rank_group):
     with pytest.raises(NotImplementedError, match=r"^LLRMuon with capturable=True cannot split Newton-Schulz across ranks"):
         LLRMuon(sharded, capturable=True)
     LLRMuon(sharded)  # row-sharded on a 1-D mesh: supported
+
 
 def wrap(mode: str, model: torch.nn.Module) -> torch.nn.Module:
     if mode.startswith("ddp"):
