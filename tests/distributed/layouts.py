@@ -18,6 +18,9 @@ COMMON = dict(s=3.0, interval=2, total_steps=STEPS, grad_phase=0.25, min_eigs=8,
 KW = {
     "LLRAdamW": dict(lr=2e-2, weight_decay=0.1, **COMMON),
     "LLRAdamW-momentum": dict(lr=2e-2, weight_decay=0.1, grad_alpha_source="momentum", **{**COMMON, "grad_phase": 0.75}),
+    # two micro-batches accumulated into zeroed (not None) grads: after a step the grads keep the parameters'
+    # placements, and the next backward accumulates Replicate / Partial grads into them
+    "LLRAdamW-accumulate": dict(lr=2e-2, weight_decay=0.1, **COMMON),
     # the C++ extension's fused step (the same alignment of grads before it)
     "LLRAdamW-cpp": dict(lr=2e-2, weight_decay=0.1, **{**COMMON, "backend": "cpp"}),
     # chunks of about two matrices (float64: 8-byte gathered copies): gathered, measured and freed in turn
@@ -193,8 +196,7 @@ def run_case(layout: str, name: str, init: dict, counted: list) -> dict:
     counted[0] = counted[1] = 0
     rows = BSZ // dp_size
     for idx in batches(STEPS, BSZ):
-        opt.zero_grad()
-        lm_loss(model, idx[dp_rank * rows:(dp_rank + 1) * rows]).backward()
+        backward(model, opt, name, idx[dp_rank * rows:(dp_rank + 1) * rows])
         opt.step()
     out = {"params": full_state(model), "measured": counted[0], "measure_calls": counted[1]}
     if hasattr(opt, "llr"):
@@ -203,6 +205,19 @@ def run_case(layout: str, name: str, init: dict, counted: list) -> dict:
                    grad_norm=None if opt.last_grad_norm is None else float(opt.last_grad_norm), status=list(opt.layer_status),
                    orthogonalized=None if muon is None else muon.last_orthogonalized)
     return out
+
+
+def backward(model: torch.nn.Module, opt, name: str, rows: torch.Tensor) -> None:
+    """Fresh grads of the mean loss over ``rows``: one backward, or ("-accumulate") grads zeroed in place and two
+    micro-batches of half the rows each, their losses halved."""
+    if not name.endswith("-accumulate"):
+        opt.zero_grad()
+        lm_loss(model, rows).backward()
+        return
+    opt.zero_grad(set_to_none=False)
+    half = rows.shape[0] // 2
+    for part in (rows[:half], rows[half:]):
+        (lm_loss(model, part) / 2).backward()
 
 
 def count_measurements() -> list:
@@ -232,8 +247,7 @@ def single_process(name: str, init: dict) -> tuple[torch.nn.Module, object, floa
         opt.max_grad_norm = None
     norm = None
     for idx in batches(STEPS, BSZ):
-        opt.zero_grad()
-        lm_loss(model, idx).backward()
+        backward(model, opt, name, idx)
         if max_norm is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         opt.step()
