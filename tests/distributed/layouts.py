@@ -26,6 +26,9 @@ KW = {
     # chunks of about two matrices (float64: 8-byte gathered copies): gathered, measured and freed in turn
     "LLRAdamW-budget": dict(lr=2e-2, weight_decay=0.1, spectral_memory_budget=2 * 60_000, **COMMON),
     "LLRMuon": dict(lr=0.05, adamw_lr=2e-2, weight_decay=0.1, ns_dtype=torch.float64, **{**COMMON, "s": 2.0}),
+    # Newton-Schulz in chunks of about two matrices per owner (and the LLR update in chunks)
+    "LLRMuon-budget": dict(lr=0.05, adamw_lr=2e-2, weight_decay=0.1, ns_dtype=torch.float64, spectral_memory_budget=150_000,
+                           **{**COMMON, "s": 2.0}),
 }
 
 
@@ -179,7 +182,7 @@ def make_opt(name: str, model: torch.nn.Module):
         return torch.optim.AdamW(model.parameters(), lr=2e-2, weight_decay=0.1, foreach=False)
     if name == "LLRAdamW-s1":  # uniform multipliers: exactly AdamW
         return LLRAdamW(model, lr=2e-2, weight_decay=0.1, s=1.0, backend="torch")
-    cls = LLRMuon if name == "LLRMuon" else LLRAdamW
+    cls = LLRMuon if name.startswith("LLRMuon") else LLRAdamW
     return cls(model, **KW[name])
 
 
@@ -203,7 +206,8 @@ def run_case(layout: str, name: str, init: dict, counted: list) -> dict:
         muon = getattr(opt, "_muon_split", None)
         out.update(alphas=opt.llr.alphas.clone(), mult=opt.multipliers(), split=opt.last_split,
                    grad_norm=None if opt.last_grad_norm is None else float(opt.last_grad_norm), status=list(opt.layer_status),
-                   orthogonalized=None if muon is None else muon.last_orthogonalized)
+                   orthogonalized=None if muon is None else muon.last_orthogonalized,
+                   muon_chunks=None if muon is None else len(muon.chunks))
     return out
 
 
@@ -298,7 +302,9 @@ def assert_measured_once(runs: list[dict], name: str, init: dict, updates: int) 
     if budget is not None:  # every chunk under the budget, several chunks per update on every rank
         assert all(0 < s["chunk_peak_estimate"] <= budget for s in splits)
         assert all(r["measure_calls"] >= 2 * updates for r in runs)
-    if name == "LLRMuon":
+        if name.startswith("LLRMuon"):  # Newton-Schulz in several chunks too
+            assert all(r["muon_chunks"] >= 2 for r in runs)
+    if name.startswith("LLRMuon"):
         n_muon = len(opt.param_groups[0]["params"])
         done = [r["orthogonalized"] for r in runs]
         assert sum(done) == n_muon and all(0 < d < n_muon for d in done), done

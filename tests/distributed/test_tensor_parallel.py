@@ -31,7 +31,8 @@ WORLD = 2
 # (layout, optimizer) run on the ranks; the single-process reference runs the same optimizer on the plain model
 CPP_MISSING = backend_missing("cpp", torch.device("cpu"))
 CASES = [("tp", "LLRAdamW"), ("tp", "LLRAdamW-momentum"), ("tp", "LLRAdamW-budget"), ("tp", "LLRMuon"),
-         ("tp-plain-norms", "LLRAdamW"), ("tp-plain-norms", "LLRMuon"), ("tp", "LLRAdamW-accumulate")] + ([("tp", "LLRAdamW-cpp")] if CPP_MISSING is None else [])
+         ("tp-plain-norms", "LLRAdamW"), ("tp-plain-norms", "LLRMuon"), ("tp", "LLRAdamW-accumulate"),
+         ("tp", "LLRMuon-budget")] + ([("tp", "LLRAdamW-cpp")] if CPP_MISSING is None else [])
 PARAMS = [pytest.param(lay, n, id=f"{lay}-{n}") for lay, n in CASES] + (
     [pytest.param("tp", "LLRAdamW-cpp", id="tp-LLRAdamW-cpp", marks=requires(CPP_MISSING, "backend 'cpp'"))]
     if CPP_MISSING is not None else [])
