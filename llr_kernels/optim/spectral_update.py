@@ -1,5 +1,6 @@
 """The LLR update of an optimizer: measure every layer's metric (alpha), hand the values to the policy, say which
-layers could not be used. Under FSDP2 / DDP each matrix is measured by one rank (``spectral_split``)."""
+layers could not be used. Under DDP and every DTensor layout each matrix is measured by one rank (``spectral_split``),
+one memory-bounded chunk at a time (``budget``)."""
 from __future__ import annotations
 
 import math
@@ -52,7 +53,7 @@ def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Ten
 
     Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
     multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
-    FSDP2 or DDP the layers are measured by one rank each (``spectral_split``; ``last_split`` says how).
+    DDP or DTensor parameters the layers are measured by one rank each (``spectral_split``; ``last_split`` says how).
     """
     if not opt.policy.measures:
         raise ValueError(f"policy {opt.policy.name!r} does not measure layers, so there are no alphas to update; "
