@@ -1,4 +1,6 @@
-"""The three questions the optimizers ask of a possibly sharded (FSDP2 / DTensor) tensor, answered in one place."""
+"""What the optimizers ask of a possibly sharded tensor (FSDP2, HSDP, tensor parallel: DTensors), in one place: is it
+a DTensor, its local shard, the whole tensor, its layout in words, and a grad or state tensor in its parameter's
+placements."""
 from __future__ import annotations
 
 import torch

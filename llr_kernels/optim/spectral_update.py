@@ -1,6 +1,7 @@
 """The LLR update of an optimizer: measure every layer's metric (alpha), hand the values to the policy, say which
-layers could not be used. Under FSDP2 / DDP each matrix is measured by one rank (``spectral_split``); optimizers of
-one ``PolicyGroup`` (pipeline stages, model parts) share one policy run (``policy_group``)."""
+layers could not be used. Under DDP and every DTensor layout each matrix is measured by one rank (``spectral_split``),
+one memory-bounded chunk at a time (``budget``); optimizers of one ``PolicyGroup`` (pipeline stages, model parts)
+share one policy run (``policy_group``)."""
 from __future__ import annotations
 
 import math
@@ -52,8 +53,8 @@ def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Ten
 
     Layers whose alpha is not a usable tail estimate (see ``STATUS_EXPLANATIONS``) keep their previous
     multiplier; each such cause is warned about once per optimizer, and ``layer_stats()`` names it. Under
-    FSDP2 or DDP the layers are measured by one rank each (``spectral_split``; ``last_split`` says how). With a
-    ``policy_group`` the policy runs once over the layers of every optimizer in the group (``policy_group``).
+    DDP or DTensor parameters the layers are measured by one rank each (``spectral_split``; ``last_split`` says how).
+    With a ``policy_group`` the policy runs once over the layers of every optimizer in the group (``policy_group``).
     """
     if not opt.policy.measures:
         raise ValueError(f"policy {opt.policy.name!r} does not measure layers, so there are no alphas to update; "

@@ -38,7 +38,7 @@ def check_spectral_group(spectral_group: Any) -> None:
         return
     if not (dist.is_available() and isinstance(spectral_group, dist.ProcessGroup)):
         raise TypeError(f"spectral_group must be 'auto', None or a torch.distributed.ProcessGroup, got {spectral_group!r} "
-                        "('auto': split the LLR update over the FSDP2 mesh or a DDP model's group; None: no split)")
+                        "('auto': split the LLR update over the DTensor parameters' mesh or a DDP model's group; None: no split)")
 
 
 def check_model_args(model: Any, classify: Any) -> None:

@@ -18,11 +18,17 @@ COMMON = dict(s=3.0, interval=2, total_steps=STEPS, grad_phase=0.25, min_eigs=8,
 KW = {
     "LLRAdamW": dict(lr=2e-2, weight_decay=0.1, **COMMON),
     "LLRAdamW-momentum": dict(lr=2e-2, weight_decay=0.1, grad_alpha_source="momentum", **{**COMMON, "grad_phase": 0.75}),
+    # two micro-batches accumulated into zeroed (not None) grads: after a step the grads keep the parameters'
+    # placements, and the next backward accumulates Replicate / Partial grads into them
+    "LLRAdamW-accumulate": dict(lr=2e-2, weight_decay=0.1, **COMMON),
     # the C++ extension's fused step (the same alignment of grads before it)
     "LLRAdamW-cpp": dict(lr=2e-2, weight_decay=0.1, **{**COMMON, "backend": "cpp"}),
     # chunks of about two matrices (float64: 8-byte gathered copies): gathered, measured and freed in turn
     "LLRAdamW-budget": dict(lr=2e-2, weight_decay=0.1, spectral_memory_budget=2 * 60_000, **COMMON),
     "LLRMuon": dict(lr=0.05, adamw_lr=2e-2, weight_decay=0.1, ns_dtype=torch.float64, **{**COMMON, "s": 2.0}),
+    # Newton-Schulz in chunks of about two matrices per owner (and the LLR update in chunks)
+    "LLRMuon-budget": dict(lr=0.05, adamw_lr=2e-2, weight_decay=0.1, ns_dtype=torch.float64, spectral_memory_budget=150_000,
+                           **{**COMMON, "s": 2.0}),
 }
 
 
@@ -176,7 +182,7 @@ def make_opt(name: str, model: torch.nn.Module):
         return torch.optim.AdamW(model.parameters(), lr=2e-2, weight_decay=0.1, foreach=False)
     if name == "LLRAdamW-s1":  # uniform multipliers: exactly AdamW
         return LLRAdamW(model, lr=2e-2, weight_decay=0.1, s=1.0, backend="torch")
-    cls = LLRMuon if name == "LLRMuon" else LLRAdamW
+    cls = LLRMuon if name.startswith("LLRMuon") else LLRAdamW
     return cls(model, **KW[name])
 
 
@@ -193,16 +199,29 @@ def run_case(layout: str, name: str, init: dict, counted: list) -> dict:
     counted[0] = counted[1] = 0
     rows = BSZ // dp_size
     for idx in batches(STEPS, BSZ):
-        opt.zero_grad()
-        lm_loss(model, idx[dp_rank * rows:(dp_rank + 1) * rows]).backward()
+        backward(model, opt, name, idx[dp_rank * rows:(dp_rank + 1) * rows])
         opt.step()
     out = {"params": full_state(model), "measured": counted[0], "measure_calls": counted[1]}
     if hasattr(opt, "llr"):
         muon = getattr(opt, "_muon_split", None)
         out.update(alphas=opt.llr.alphas.clone(), mult=opt.multipliers(), split=opt.last_split,
                    grad_norm=None if opt.last_grad_norm is None else float(opt.last_grad_norm), status=list(opt.layer_status),
-                   orthogonalized=None if muon is None else muon.last_orthogonalized)
+                   orthogonalized=None if muon is None else muon.last_orthogonalized,
+                   muon_chunks=None if muon is None else len(muon.chunks))
     return out
+
+
+def backward(model: torch.nn.Module, opt, name: str, rows: torch.Tensor) -> None:
+    """Fresh grads of the mean loss over ``rows``: one backward, or ("-accumulate") grads zeroed in place and two
+    micro-batches of half the rows each, their losses halved."""
+    if not name.endswith("-accumulate"):
+        opt.zero_grad()
+        lm_loss(model, rows).backward()
+        return
+    opt.zero_grad(set_to_none=False)
+    half = rows.shape[0] // 2
+    for part in (rows[:half], rows[half:]):
+        (lm_loss(model, part) / 2).backward()
 
 
 def count_measurements() -> list:
@@ -232,8 +251,7 @@ def single_process(name: str, init: dict) -> tuple[torch.nn.Module, object, floa
         opt.max_grad_norm = None
     norm = None
     for idx in batches(STEPS, BSZ):
-        opt.zero_grad()
-        lm_loss(model, idx).backward()
+        backward(model, opt, name, idx)
         if max_norm is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         opt.step()
@@ -284,7 +302,9 @@ def assert_measured_once(runs: list[dict], name: str, init: dict, updates: int) 
     if budget is not None:  # every chunk under the budget, several chunks per update on every rank
         assert all(0 < s["chunk_peak_estimate"] <= budget for s in splits)
         assert all(r["measure_calls"] >= 2 * updates for r in runs)
-    if name == "LLRMuon":
+        if name.startswith("LLRMuon"):  # Newton-Schulz in several chunks too
+            assert all(r["muon_chunks"] >= 2 for r in runs)
+    if name.startswith("LLRMuon"):
         n_muon = len(opt.param_groups[0]["params"])
         done = [r["orthogonalized"] for r in runs]
         assert sum(done) == n_muon and all(0 < d < n_muon for d in done), done

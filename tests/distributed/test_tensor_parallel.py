@@ -31,7 +31,8 @@ WORLD = 2
 # (layout, optimizer) run on the ranks; the single-process reference runs the same optimizer on the plain model
 CPP_MISSING = backend_missing("cpp", torch.device("cpu"))
 CASES = [("tp", "LLRAdamW"), ("tp", "LLRAdamW-momentum"), ("tp", "LLRAdamW-budget"), ("tp", "LLRMuon"),
-         ("tp-plain-norms", "LLRAdamW"), ("tp-plain-norms", "LLRMuon")] + ([("tp", "LLRAdamW-cpp")] if CPP_MISSING is None else [])
+         ("tp-plain-norms", "LLRAdamW"), ("tp-plain-norms", "LLRMuon"), ("tp", "LLRAdamW-accumulate"),
+         ("tp", "LLRMuon-budget")] + ([("tp", "LLRAdamW-cpp")] if CPP_MISSING is None else [])
 PARAMS = [pytest.param(lay, n, id=f"{lay}-{n}") for lay, n in CASES] + (
     [pytest.param("tp", "LLRAdamW-cpp", id="tp-LLRAdamW-cpp", marks=requires(CPP_MISSING, "backend 'cpp'"))]
     if CPP_MISSING is not None else [])
@@ -60,6 +61,45 @@ def clip_case(rank: int) -> dict:
             "raw": [t * 3 for t in fulls]}
 
 
+def stages_case(rank: int, init: dict) -> dict:
+    """Matrices on meshes over different ranks (as pipeline stages are): the world mesh (TP-style shards) and each
+    rank's own 1-rank mesh. LLRAdamW measures without a split (each rank everything, the same alphas as one
+    process); LLRMuon's split step refuses, naming the meshes."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+
+    from llr_kernels import LLRAdamW, LLRMuon
+
+    mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("world", "own"))
+    model = TPLlama().double()
+    model.load_state_dict(init)
+    for k, (name, mod) in enumerate(m for m in model.named_modules() if isinstance(m[1], torch.nn.Linear)):
+        on = (mesh["world"], [Shard(k % 2)]) if k % 2 else (mesh["own"], [Replicate()])
+        mod.weight = torch.nn.Parameter(distribute_tensor(mod.weight.detach(), *on))
+    adamw = LLRAdamW(model, min_eigs=8, hill_method="exact")
+    out = {"alphas": adamw.update_alphas(0), "split": adamw.last_split}
+    whole = DTensor.full_tensor  # count the matrices this rank gathers whole: all of them, without a split
+    calls = [0]
+
+    def counting(self, *a, **k):
+        calls[0] += self.dim() == 2
+        return whole(self, *a, **k)
+
+    DTensor.full_tensor = counting
+    adamw.update_alphas(0)
+    DTensor.full_tensor = whole
+    out["full_tensor_calls"] = calls[0]
+    opt = LLRMuon(model, min_eigs=8, ns_dtype=torch.float64)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    try:
+        opt.step()
+        out["muon_error"] = None
+    except NotImplementedError as e:
+        out["muon_error"] = str(e)
+    return out
+
+
 def worker(rank: int, port: int, init: dict, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -69,6 +109,7 @@ def worker(rank: int, port: int, init: dict, out: str) -> None:
     for name in ("torch.AdamW", "LLRAdamW-s1"):
         results[("tp", name)] = run_case("tp", name, init, counted)
     results["clip"] = clip_case(rank)
+    results["stages"] = stages_case(rank, init)
     torch.save(results, f"{out}.{rank}")
     exit_rank()
 
@@ -125,3 +166,22 @@ def test_clip_over_several_meshes_and_plain_tensors(tp_runs):
         for g, p in zip(r["clip"]["grads"], params):
             assert torch.allclose(g, p.grad, rtol=1e-13, atol=0)
 
+
+
+def test_meshes_over_different_ranks_measure_without_split(tp_runs):
+    """DTensors on the world mesh and on each rank's own mesh: LLRAdamW's alphas equal one process's (every rank
+    measures every matrix), and LLRMuon's split step raises an error naming the meshes instead of stepping."""
+    init, res = tp_runs
+    model = TPLlama().double()
+    model.load_state_dict(init)
+    from llr_kernels import LLRAdamW
+
+    ref = LLRAdamW(model, min_eigs=8, hill_method="exact").update_alphas(0)
+    assert ref.isfinite().sum() >= 10
+    for r in res:
+        st = r["stages"]
+        assert torch.allclose(st["alphas"], ref, rtol=0, atol=1e-12, equal_nan=True) and st["split"] is None
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())  # the DTensors (the embedding is plain)
+        assert st["full_tensor_calls"] == linears == 15
+        assert st["muon_error"] is not None and st["muon_error"].startswith(
+            "LLRMuon's Muon matrices are DTensors on meshes over different ranks")
