@@ -134,7 +134,7 @@ def test_stages_share_one_policy(layout, seed, tmp_path):
     r + 2), and 2 stages each replicated on 2 ranks that split its measurements: every policy's multipliers,
     weight-decay multipliers, statuses (the planted outlier included) and final weights equal one optimizer's over
     the whole model exactly, on every rank; stage optimizers without the group do not."""
-    world, stages, mine = LAYOUTS[layout]
+    world, stages, _ = LAYOUTS[layout]
     out = str(tmp_path / "res")
     mp.spawn(worker, args=(layout, seed, free_port(), out), nprocs=world, join=True)
     res = [torch.load(f"{out}.{r}", weights_only=True) for r in range(world)]
