@@ -271,7 +271,16 @@ def test_group_misuse_is_refused():
     b.llr_step = 1
     with pytest.raises(RuntimeError, match="different steps"):
         a.step()
+    group = PolicyGroup(stages=[0, 1, 2])
+    a = LLRAdamW(first, model=model, policy_group=group, **KW)
+    b = LLRAdamW(second, model=model, policy_group=group, **KW)
+    with pytest.raises(ValueError, match="names 3 model parts but 2 optimizers"):
+        a.step()
     with pytest.raises(ValueError, match="repeat a stage"):
         PolicyGroup(stages=[0, 0])
+    with pytest.raises(ValueError, match="a further optimizer joined"):
+        group = PolicyGroup(stages=[0])
+        a = LLRAdamW(first, model=model, policy_group=group, **KW)
+        LLRAdamW(second, model=model, policy_group=group, **KW)
     with pytest.raises(TypeError, match="policy_group must be None or"):
         LLRAdamW(first, model=model, policy_group="pp", **KW)
