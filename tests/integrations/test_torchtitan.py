@@ -1,7 +1,7 @@
 """LLR in torchtitan (``llr_kernels.integrations.torchtitan``) against torchtitan's own pieces, on CPU: its llama3
 debug model split into model parts with its own pipeline splitter, its optimizer container (the reference at s=1),
 its LR scheduler container, its FQN-keyed checkpoint format through torch.distributed.checkpoint, and its config
-manager (``--module ... --config ...``). Attention runs through SDPA (FlexAttention needs a GPU to be fast)."""
+manager (``--module ... --config ...``). Attention runs through causal SDPA in place of FlexAttention."""
 import copy
 import dataclasses
 

@@ -86,8 +86,9 @@ _shim_pipeline_schedules()
 
 
 def llama3_cpu_llr():
-    """torchtitan's llama3 debug model with LLR (``with_llr``), SDPA attention (4. FlexAttention's CPU path is a
-    slow reference) and no validation or tensorboard: the smallest trainer run."""
+    """torchtitan's llama3 debug model with LLR (``with_llr``), causal SDPA in place of FlexAttention (an earlier
+    CPU attempt needed it; FlexAttention on CPU was not tried again) and no validation or tensorboard: the smallest
+    trainer run."""
     from torchtitan.models.common.attention import ScaledDotProductAttention
     from torchtitan.models.llama3.config_registry import llama3_debugmodel
 
