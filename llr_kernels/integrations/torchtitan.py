@@ -23,7 +23,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
 from torch import nn
 from torchtitan.components.optimizer import OptimizersContainer, ParamGroupConfig
 from torchtitan.trainer import Trainer

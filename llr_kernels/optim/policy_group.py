@@ -103,15 +103,17 @@ class PolicyGroup:
         members = self.members()
         if not any(m is opt for m in members):
             raise ValueError("this optimizer is not a member of the PolicyGroup it was given")
-        steps = {m.llr_step for m in members}
-        if len(steps) > 1:
-            raise RuntimeError(f"the optimizers of one PolicyGroup are at different steps {sorted(steps)}: step every "
-                               "member once per training step (a policy group spans one model)")
+        # problems found here travel with the values, so that every rank raises, none waits in a collective
+        problem = None
+        if self.stages is not None and len(self.stages) != len(members):
+            problem = (ValueError, f"stages={self.stages} names {len(self.stages)} model parts but {len(members)} "
+                                   "optimizers on this rank are in the group; give one stage index per part")
         local = []
         for j, m in enumerate(members):
             start = time.perf_counter()
             values, status = measure_layers(m, source)
-            local.append({"key": self._key(j), "explicit": self.stages is not None, "t": t, "source": source,
+            local.append({"key": self._key(j) if problem is None else (-1, j), "problem": problem, "step": m.llr_step,
+                          "explicit": self.stages is not None, "t": t, "source": source,
                           "policy": m.policy.name, "config": m.policy.config, "num_updates": m.policy.num_updates,
                           "values": values, "status": status, "pinned": m.policy.pinned.clone(),
                           "target": m.policy.target.clone(), "wd_target": m.policy.wd_target.clone(),
@@ -146,6 +148,13 @@ class PolicyGroup:
             dist.all_gather_object(gathered, sendable, group=self.process_group)
             rank = dist.get_rank(self.process_group)
             everyone = [e for r, entries in enumerate(gathered) for e in (local if r == rank else entries)]
+        for e in everyone:
+            if e["problem"] is not None:
+                raise e["problem"][0](e["problem"][1])
+        steps = sorted({e["step"] for e in everyone})
+        if len(steps) > 1:
+            raise RuntimeError(f"the optimizers of one PolicyGroup are at different steps {steps}: step every member "
+                               "once per training step (a policy group spans one model)")
         if len({e["explicit"] for e in everyone}) > 1:
             raise ValueError("PolicyGroup was given stages on some ranks and not on others; give them on every rank")
         keys = [e["key"] for e in everyone]

@@ -61,8 +61,9 @@ def update_layer_metrics(opt: "LLROptimizer", t: int | None = None) -> torch.Ten
                          "its multipliers follow from the layers and the step alone")
     t = opt.llr_step if t is None else t
     source = opt.policy.source(t)
-    if opt.policy_group is not None:  # one policy over several optimizers' layers (optim/policy_group.py)
-        return opt.policy_group.update(opt, t, source)
+    group = getattr(opt, "policy_group", None)
+    if group is not None:  # one policy over several optimizers' layers (optim/policy_group.py)
+        return group.update(opt, t, source)
     start = time.perf_counter()
     alphas, status = measure_layers(opt, source)
     outliers = opt.policy.update(t, alphas, source)

@@ -1,7 +1,7 @@
 """LLR in torchtitan (``llr_kernels.integrations.torchtitan``) against torchtitan's own pieces, on CPU: its llama3
 debug model split into model parts with its own pipeline splitter, its optimizer container (the reference at s=1),
 its LR scheduler container, its FQN-keyed checkpoint format through torch.distributed.checkpoint, and its config
-manager (``--module ... --config ...``). Attention runs through SDPA (FlexAttention needs a GPU to be fast)."""
+manager (``--module ... --config ...``). Attention runs through causal SDPA in place of FlexAttention."""
 import copy
 import dataclasses
 
@@ -21,7 +21,9 @@ pytestmark = requires(MISSING, "torchtitan (pip install -e .[torchtitan])")
 
 STEPS, SEQ, BSZ = 6, 16, 2
 SPLIT = [["tok_embeddings", "layers.0", "layers.1", "layers.2"], ["layers.3", "layers.4", "layers.5", "norm", "lm_head"]]
-LLR = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, s=3.0, interval=2, total_steps=STEPS, grad_phase=0.0, backend="torch")  # 32 tokens a step: weight alphas
+# 32 tokens a step: too few for gradient alphas of 256-wide matrices, so weight alphas only (grad_phase=0)
+LLR = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, s=3.0, interval=2, total_steps=STEPS, grad_phase=0.0,
+           backend="torch")
 
 
 def debug_model(seed: int):
@@ -170,6 +172,37 @@ def test_checkpoint_through_torchtitans_state_dict(seed, tmp_path):
             assert torch.equal(a, b), n
 
 
+@pytest.mark.parametrize("form", ["model", "named_parameters"])
+def test_plain_optimizer_checkpoints_by_name_in_torchtitans_format(form, seed):
+    """The issue's failure: LLRAdamW(model) or LLRAdamW(model.named_parameters()) used to drop the names, and
+    torchtitan's FQN-keyed state dict refused it ("Optimizer must be built with (name, param) tuples"). Now its
+    flat state dict names every parameter, and loads back into a fresh optimizer."""
+    from torchtitan.components.optimizer.utils import (
+        get_flat_optim_state_dict,
+        init_optim_state,
+        load_flat_optim_state_dict,
+    )
+
+    from llr_kernels import LLRAdamW
+
+    model = debug_model(seed)
+    make = lambda: LLRAdamW(model if form == "model" else model.named_parameters(), **LLR)  # noqa: E731
+    opt = make()
+    loss_of([model], tokens(seed)[0]).backward()
+    opt.step()
+    opt.zero_grad()
+    flat = get_flat_optim_state_dict(opt)
+    for name, _ in model.named_parameters():
+        assert f"state.{name}.exp_avg" in flat and f"param_groups.{name}.lr" in flat, name
+    assert "state.tok_embeddings.weight.llr.target" in flat, "the per-layer LLR state travels by name too"
+    fresh = make()
+    init_optim_state(fresh)
+    load_flat_optim_state_dict(fresh, flat)
+    assert fresh.llr_step == opt.llr_step == 1 and torch.equal(fresh.multipliers(), opt.multipliers())
+    for p in model.parameters():
+        assert torch.equal(fresh.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+
 def test_config_from_the_command_line():
     """``--module llr_kernels.integrations.torchtitan --config llama3_debugmodel_llr`` with overrides: the optimizer
     follows the final training.steps and pipeline schedule, and the model spec attaches the pipeline group."""
@@ -187,6 +220,7 @@ def test_config_from_the_command_line():
     parts = parts_of(debug_model(0))
     opts = cfg.optimizer.build(model_parts=parts)
     assert all(type(o).__name__ == "LLRMuon" and o.policy.config.total_steps == 7 for o in opts)
+    assert all(o.max_grad_norm is None for o in opts), "clipping is torchtitan's (training.max_norm)"
     assert all(o.policy_group is opts.policy_group for o in opts)
 
     class NoPipeline:

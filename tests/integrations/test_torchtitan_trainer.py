@@ -57,7 +57,7 @@ def run_trainer(work: str, assets: str, dump: str, seed: int, *extra: str) -> di
 def runs(tmp_path_factory):
     """The uninterrupted run (checkpoints at steps 2 and 4), then a run resumed from the step-2 checkpoint."""
     sys.path.insert(0, HERE)
-    from torchtitan_cpu import make_assets
+    from torchtitan_assets import make_assets  # no torchtitan import: the CPU shims stay in the trainer processes
 
     seed = int(os.environ.get("LLR_TEST_SEED") or random.SystemRandom().randrange(2**31))
     print(f"seed = {seed}  (replay: LLR_TEST_SEED={seed})")

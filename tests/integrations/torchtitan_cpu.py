@@ -4,14 +4,12 @@ without a GPU, then its entry point. torchtitan itself is unchanged; each shim s
     python -m torch.distributed.run --nproc_per_node 2 tests/integrations/torchtitan_cpu.py \\
         --module torchtitan_cpu --config llama3_cpu_llr --parallelism.pipeline_parallel_degree 2 ...
 
-``make_assets(folder)`` writes a word-level tokenizer and a small synthetic text corpus there (torchtitan's own
-test assets are not in its wheel); pass ``--hf_assets_path`` and ``--dataloader.dataset_path`` to them.
+``torchtitan_assets.make_assets(folder)`` writes a tokenizer and a small corpus for it (torchtitan's own test assets
+are not in its wheel); pass ``--hf_assets_path`` and ``--dataloader.dataset_path`` to them.
 """
 from __future__ import annotations
 
-import json
 import os
-import random
 import sys
 from dataclasses import dataclass
 
@@ -88,8 +86,9 @@ _shim_pipeline_schedules()
 
 
 def llama3_cpu_llr():
-    """torchtitan's llama3 debug model with LLR (``with_llr``), SDPA attention (4. FlexAttention's CPU path is a
-    slow reference) and no validation or tensorboard: the smallest trainer run."""
+    """torchtitan's llama3 debug model with LLR (``with_llr``), causal SDPA in place of FlexAttention (an earlier
+    CPU attempt needed it; FlexAttention on CPU was not tried again) and no validation or tensorboard: the smallest
+    trainer run."""
     from torchtitan.models.common.attention import ScaledDotProductAttention
     from torchtitan.models.llama3.config_registry import llama3_debugmodel
 
@@ -102,28 +101,6 @@ def llama3_cpu_llr():
     config.training.disable_cuda_graphs = True  # no CUDA graphs on a CPU (and none with pipeline parallelism)
     config.metrics.enable_tensorboard = False
     return with_llr(config, interval=2, s=3.0, min_eigs=8, backend="torch")
-
-
-def make_assets(folder: str, seed: int = 0, words: int = 200, docs: int = 400) -> None:
-    """A word-level tokenizer (``tokenizers``) and a corpus of ``docs`` synthetic documents as a JSON-lines
-    dataset that torchtitan's "c4_test" loader reads (``load_dataset(folder, split="train")``)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    rng = random.Random(seed)
-    vocab_words = [f"w{i}" for i in range(words)]
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {tok: i for i, tok in enumerate(specials + vocab_words)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    os.makedirs(os.path.join(folder, "data"), exist_ok=True)
-    tok.save(os.path.join(folder, "tokenizer.json"))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
-                   "add_eos_token": True}, f)
-    weights = [1.0 / (i + 1) for i in range(words)]  # Zipf-like word frequencies: something to learn
-    with open(os.path.join(folder, "data", "train.jsonl"), "w") as f:
-        for _ in range(docs):
-            f.write(json.dumps({"text": " ".join(rng.choices(vocab_words, weights, k=rng.randint(40, 120)))}) + "\n")
 
 
 def dump_llr_state(trainer, path: str) -> None:
