@@ -247,17 +247,27 @@ def compare_to_reference(metrics: dict[str, Any], reference: dict[str, Any], whe
         for arm in sorted({k[1] for k in mine if k[0] == lr and k[1] != "uniform"}, key=_arm_order):
             if (lr, arm) not in theirs:
                 continue
-            sign_a = [d < 0 for d in mine[(lr, arm)]["diffs"]]
-            sign_b = [d < 0 for d in theirs[(lr, arm)]["diffs"]]
+            lower_a, lower_b = _lower_per_seed(metrics, lr, arm), _lower_per_seed(reference, lr, arm)
+            seeds = sorted(lower_a.keys() & lower_b.keys())
+            if not seeds:
+                continue
+            sign_a, sign_b = [lower_a[x] for x in seeds], [lower_b[x] for x in seeds]
             same = sign_a == sign_b
             verdicts.append(same)
-            lines.append(f"- lr {lr:g}, {arm} vs Uniform per seed: {_signs(sign_b)} published, {_signs(sign_a)} here: "
+            lines.append(f"- lr {lr:g}, {arm} vs Uniform, seeds {seeds}: {_signs(sign_b)} published, {_signs(sign_a)} here: "
                          f"{'the same' if same else 'DIFFERENT'}")
     if not verdicts:
         return head + "\n- not comparable: no (LR, arm, seed) in common"
     lines.append("=> reproduces the published table within its stated tolerance" if all(verdicts) else
                  "=> does NOT reproduce the published table within its stated tolerance")
     return "\n".join(lines)
+
+
+def _lower_per_seed(metrics: dict[str, Any], lr: float, arm: str) -> dict[int, bool]:
+    """seed -> whether ``arm`` ended with a lower validation loss than Uniform (same LR and seed; finished runs)."""
+    runs = [r for r in metrics["runs"] if r["lr"] == lr and r.get("status", "ok") == "ok"]
+    uni = {r["seed"]: r["final_val_loss"] for r in runs if r["arm"] == "uniform"}
+    return {r["seed"]: r["final_val_loss"] < uni[r["seed"]] for r in runs if r["arm"] == arm and r["seed"] in uni}
 
 
 def _signs(lower: list[bool]) -> str:

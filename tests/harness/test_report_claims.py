@@ -49,7 +49,7 @@ def test_comparison_within_tolerance_reproduces():
     assert f"uniform: mean ppl {mean_u:.2f} published, {mean_u2:.2f} here ({100 * (mean_u2 / mean_u - 1):+.2f}%, within " \
            f"±{100 * report.REFERENCE_TOLERANCE:g}%)" in text
     assert "seed 2: 504.51 -> 510.61 (+1.2%)" in text
-    assert "llr vs Uniform per seed: [lower, lower, lower] published, [lower, lower, lower] here: the same" in text
+    assert "llr vs Uniform, seeds [0, 1, 2]: [lower, lower, lower] published, [lower, lower, lower] here: the same" in text
     assert text.splitlines()[-1] == "=> reproduces the published table within its stated tolerance"
 
 
@@ -61,6 +61,10 @@ def test_comparison_names_what_broke():
     flipped = {"uniform": PUBLISHED["uniform"], "llr": [368.87, 407.44, 510.0]}  # seed 2: LLR above Uniform
     text = report.compare_to_reference(fake_metrics(flipped), fake_metrics(PUBLISHED), "pub.json")
     assert "[lower, lower, higher] here: DIFFERENT" in text and "does NOT reproduce" in text
+    partial = fake_metrics(PUBLISHED)  # a run stopped after seed 0: compared on the seeds it has
+    partial["runs"] = [r for r in partial["runs"] if r["seed"] == 0]
+    text = report.compare_to_reference(partial, fake_metrics(PUBLISHED), "pub.json")
+    assert "llr vs Uniform, seeds [0]: [lower] published, [lower] here: the same" in text and "=> reproduces" in text
     text = report.compare_to_reference(fake_metrics(PUBLISHED, steps=60), fake_metrics(PUBLISHED), "pub.json")
     assert "not comparable: steps = 60 here, 120 there" in text
 
