@@ -187,12 +187,12 @@ def render_markdown(metrics: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the README's table
 
 # How far a rerun of a published run may land and still count as reproducing it: each arm's mean final validation
-# perplexity within this fraction of the published mean, and the same sign of LLR - Uniform in every seed. Runs are
-# deterministic on one machine; across machines BLAS summation order (CPU model, thread count, library build) changes
-# the last bits of every step, and 120 steps amplify that: a rerun of the README's earlier table on another machine
-# of the same kind landed 0.5% (Uniform) and 0.7% (LLR) away in the means and up to 1.2% in one seed; the
-# seed-to-seed spread is 6-7%. See README "Result".
-REFERENCE_TOLERANCE = 0.03
+# perplexity within this fraction of the published mean, and the same sign of LLR - Uniform in every seed. BLAS
+# summation order (CPU model, threads actually used, library build) changes the last bits of every step, and 120
+# steps amplify that, more in some seeds than others. Measured (README "Result"): a rerun on another machine of
+# the same kind landed within 1.2% per seed and 0.7% per arm mean; a rerun on the same kind of machine under heavy
+# load matched seed 0 of both arms within 0.02% but moved Uniform's seed 1 by +6.0%. The seed-to-seed spread is 6-7%.
+REFERENCE_TOLERANCE = 0.05
 # Config entries that change the numbers: a reference run with other values is not comparable.
 _COMPARED_CONFIG = ("model", "data", "vocab_size", "tokenizer_train_chars", "seq_len", "batch_size", "steps", "warmup",
                     "min_lr_ratio", "weight_decay", "beta1", "beta2", "clip", "s", "muon_s", "interval", "grad_phase",
@@ -247,17 +247,27 @@ def compare_to_reference(metrics: dict[str, Any], reference: dict[str, Any], whe
         for arm in sorted({k[1] for k in mine if k[0] == lr and k[1] != "uniform"}, key=_arm_order):
             if (lr, arm) not in theirs:
                 continue
-            sign_a = [d < 0 for d in mine[(lr, arm)]["diffs"]]
-            sign_b = [d < 0 for d in theirs[(lr, arm)]["diffs"]]
+            lower_a, lower_b = _lower_per_seed(metrics, lr, arm), _lower_per_seed(reference, lr, arm)
+            seeds = sorted(lower_a.keys() & lower_b.keys())
+            if not seeds:
+                continue
+            sign_a, sign_b = [lower_a[x] for x in seeds], [lower_b[x] for x in seeds]
             same = sign_a == sign_b
             verdicts.append(same)
-            lines.append(f"- lr {lr:g}, {arm} vs Uniform per seed: {_signs(sign_b)} published, {_signs(sign_a)} here: "
+            lines.append(f"- lr {lr:g}, {arm} vs Uniform, seeds {seeds}: {_signs(sign_b)} published, {_signs(sign_a)} here: "
                          f"{'the same' if same else 'DIFFERENT'}")
     if not verdicts:
         return head + "\n- not comparable: no (LR, arm, seed) in common"
     lines.append("=> reproduces the published table within its stated tolerance" if all(verdicts) else
                  "=> does NOT reproduce the published table within its stated tolerance")
     return "\n".join(lines)
+
+
+def _lower_per_seed(metrics: dict[str, Any], lr: float, arm: str) -> dict[int, bool]:
+    """seed -> whether ``arm`` ended with a lower validation loss than Uniform (same LR and seed; finished runs)."""
+    runs = [r for r in metrics["runs"] if r["lr"] == lr and r.get("status", "ok") == "ok"]
+    uni = {r["seed"]: r["final_val_loss"] for r in runs if r["arm"] == "uniform"}
+    return {r["seed"]: r["final_val_loss"] < uni[r["seed"]] for r in runs if r["arm"] == arm and r["seed"] in uni}
 
 
 def _signs(lower: list[bool]) -> str:

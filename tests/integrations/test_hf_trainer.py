@@ -224,3 +224,33 @@ def test_helper_refuses_model_or_params_in_kwargs():
     assert kwargs == {"lr": 2e-3} and issubclass(cls, LLRAdamW)
     opt = cls([{"params": [model.model.embed_tokens.weight], "weight_decay": 0.3}], **kwargs)  # unnamed tensors:
     assert opt.layers[0].kind == "embedding" and opt.param_groups[0]["weight_decay"] == 0.3  # named by the model
+
+
+def test_helper_optimizer_state_dict_round_trips(seed):
+    """What Trainer's checkpoints do: save the optimizer's state_dict, build a fresh one the same way, load it; the
+    two then take identical steps."""
+    from llr_kernels.integrations.hf import llr_optimizer_cls_and_kwargs
+
+    torch.manual_seed(seed)
+    model = TinyLlama()
+    twin = copy.deepcopy(model)
+    groups = lambda m: [{"params": [p for n, p in m.named_parameters() if p.dim() == 2], "weight_decay": 0.1},  # noqa: E731
+                        {"params": [p for n, p in m.named_parameters() if p.dim() < 2], "weight_decay": 0.0}]
+    cls, kw = llr_optimizer_cls_and_kwargs(model, LLRAdamW, lr=1e-3, interval=2, min_eigs=8, backend="torch")
+    opt = cls(groups(model), **kw)
+    g = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, 96, (4, 16), generator=g) for _ in range(4)]
+    for idx in batches[:3]:
+        model(idx).logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    twin.load_state_dict(model.state_dict())
+    cls2, kw2 = llr_optimizer_cls_and_kwargs(twin, LLRAdamW, lr=1e-3, interval=2, min_eigs=8, backend="torch")
+    opt2 = cls2(groups(twin), **kw2)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # a saved copy: torch's load keeps same-dtype tensors
+    for m, o in ((model, opt), (twin, opt2)):
+        m(batches[3]).logsumexp(-1).mean().backward()
+        o.step()
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), n
+    assert opt2.llr_step == opt.llr_step == 4 and opt2.param_groups[1]["weight_decay"] == 0.0
