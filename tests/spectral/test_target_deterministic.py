@@ -216,3 +216,24 @@ def test_entropy_normalises_by_the_known_rank(rank, seed):
     want = -np.sum(p * np.log(p)) / math.log(1.000001 if rank == 1 else rank)
     got = layer_metrics([w], ("entropy",)).values["entropy"]
     assert float(got[0]) == pytest.approx(want, rel=1e-9, abs=1e-12), seed
+
+
+def test_float32_eigensolver_failure_falls_through_to_float64(seed):
+    """LAPACK's float32 eigvalsh fails to converge on some Grams with many repeated zero eigenvalues (about 1 in 4
+    rank-10 coordinate-axis matrices of n = 64) and the op returns NaN: the matrix is finite, so the checked tiers
+    hand it to float64 (rule 6: "rank_deficient" here), never call it "non_finite"."""
+    from llr_kernels.spectral.context import op
+
+    _, eig32 = op("gram_eigvalsh", "auto", torch.device("cpu"))
+    rng = np.random.default_rng(seed)
+    for _ in range(200):  # P(no failing draw in 200) < 1e-20 at the measured rate
+        lams = spectrum(rng, 64, 10)
+        w = axis_gram_matrix(lams, 96, rng).float()
+        if bool(torch.isnan(eig32([w], torch.float32, False)[0]).any()):
+            break
+    else:
+        pytest.fail(f"no draw made float32 eigvalsh fail (seed {seed}): the test no longer reaches its branch")
+    assert torch.isfinite(w).all()
+    for method in ("auto", "exact"):
+        res = hill_alpha([w], method=method, min_eigs=MIN_EIGS, return_status=True)
+        assert res.status == [rule6(lams, MIN_EIGS)[1]] == ["rank_deficient"], (seed, method, res)
