@@ -179,7 +179,9 @@ def test_fits_and_metrics_rank_rules_follow_hill_alpha(rank, min_eigs, seed):
     min_eigs only matters when Eq. 2's threshold is zero); a finite alpha otherwise, its xmin above zero and its
     tail within the nonzero part. The median fit equals hill_alpha; alpha_hat has alpha's status."""
     rng = np.random.default_rng(seed)
-    w = torch.from_numpy(rng.standard_normal((64, rank)) @ rng.standard_normal((rank, 96)))  # dense, rank known
+    u, _ = np.linalg.qr(rng.standard_normal((64, rank)))
+    v, _ = np.linalg.qr(rng.standard_normal((96, rank)))
+    w = torch.from_numpy((u * rng.uniform(0.5, 2.0, rank)) @ v.T)  # dense, rank known, nonzero part well conditioned
     h = hill_alpha([w], method="exact", min_eigs=min_eigs, return_status=True)
     lam = np.sort(np.linalg.eigvalsh(w.numpy() @ w.numpy().T))
     nonzero = lam[lam > 1e-8 * lam[-1]]
