@@ -476,6 +476,8 @@ MUTANTS: list[Mutant] = [
            "steps_err[row.index] = abs(a - ah) if st in OK_STATUSES else float(\"inf\")", "spectral_det"),
     Mutant("i21-fits-min-rank-always", "llr_kernels/spectral/metrics.py", "if r < 2 or (r <= n // 2 and r < min_eigs):",
            "if r < max(2, min_eigs):", "spectral_det"),
+    Mutant("i21-exact-failed-eig-is-non-finite", "llr_kernels/spectral/exact.py",
+           "if err_c is not None and bool(torch.isfinite(call.mats[i]).all()):", "if False:", "spectral_det"),
     Mutant("i21-entropy-normalised-by-n", "llr_kernels/spectral/metrics.py",
            "return h / math.log(_RANK_ONE if rank <= 1 else rank)", "return h / math.log(_RANK_ONE if rank <= 1 else n)",
            "spectral_det"),

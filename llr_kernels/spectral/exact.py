@@ -138,6 +138,9 @@ def _decide(call: Call, chunk: list[int], e: torch.Tensor, n: int, cdt: torch.dt
         thr, lmax, logsum = red[r].tolist()
         mu = float(mean[r])
         if not all(math.isfinite(x) for x in (thr, lmax, mu)):  # inf/NaN input, or a failed eigensolver
+            if err_c is not None and bool(torch.isfinite(call.mats[i]).all()):
+                rest.append(i)  # float32 eigvalsh failed on a finite matrix (LAPACK: many repeated zero eigenvalues)
+                continue
             call.status[i], call.alpha[i] = STATUS_NON_FINITE, float("nan")
             continue
         if lmax <= 0:

@@ -4,8 +4,8 @@ step, statuses, moments, param groups) equals the uninterrupted run's at the cut
 bit for bit (same process, same threads, same code path: the two runs do the same arithmetic).
 
 The run is short and busy: updates every 2 steps with a 2-step ramp, a gradient phase then a weight phase, layers
-with and without finite alphas (SpectralNet's narrow matrices), so every cut falls somewhere different: before the
-first update, inside a ramp, on an update step, across the phase change, after the last update.
+excluded by the outlier rule, so every cut falls somewhere different: before the first update, inside a ramp, on
+an update step, across the phase change, after the last update.
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from llr_kernels.policies import PRESETS
 from tiny_models import SpectralNet, batches, lm_loss
 
 STEPS = 6
-KW = dict(weight_decay=0.1, interval=2, total_steps=STEPS, grad_phase=0.2, ramp_steps=2, min_eigs=16, backend="torch")
+# min_eigs 8 measures all six matrices (the outlier rule needs 5 usable alphas); outlier_z 1.0 makes it exclude some,
+# so the outlier mask, and the statuses it sets, are state that must come back too
+KW = dict(weight_decay=0.1, interval=2, total_steps=STEPS, grad_phase=0.2, ramp_steps=2, min_eigs=8, outlier_z=1.0,
+          backend="torch")
 TIMINGS = {"update_seconds"}  # wall-clock seconds: restored at the cut, measured anew after it
 
 
@@ -93,6 +96,8 @@ def test_resume_at_every_step_equals_the_uninterrupted_run(cls, policy, transpor
         assert_same(dict(plain_model.named_parameters()), snaps[-1][0], "parameters of a run without DCP saves")
     if opt.policy.measures and policy != "alphadecay":  # (AlphaDecay measures weights only)
         assert {f["last_source"] for *_, f in snaps} >= {"grad", "weight"}, "the run must cross the phase change"
+    if opt.policy.measures:
+        assert any(bool(f["outliers"].any()) for *_, f in snaps), "the run must have outliers to restore"
 
     for cut in range(STEPS + 1):
         model2, opt2 = make(cls, policy, seed + 1)  # other initial weights: everything must come from the checkpoint

@@ -105,8 +105,9 @@ def test_lamb_low_precision_steps_follow_the_float64_update(dtype, foreach, seed
             b1, b2 = LAMB_KW["betas"]
             check_close("exp_avg", f64(st["exp_avg"]), m1, 2 * ulp(np.maximum(abs(b1 * m), abs(g)), dtype), where)
             check_close("exp_avg_sq", f64(st["exp_avg_sq"]), v1, 2 * ulp(np.maximum(b2 * v, g * g), dtype), where)
-            c = math.sqrt(1 - b2**t) / (1 - b1**t)
-            terms = np.maximum(LAMB_KW["weight_decay"] * np.abs(w), c * np.abs(m1) / (np.sqrt(v1) + LAMB_KW["eps"] * c))
+            m1s, v1s = stored(m1, dtype), stored(v1, dtype)  # u is formed from the stored moments: |u|'s two terms
+            adam = np.abs(m1s) / (1 - b1**t) / (np.sqrt(v1s / (1 - b2**t)) + LAMB_KW["eps"])
+            terms = np.maximum(LAMB_KW["weight_decay"] * np.abs(w), adam)
             check_close("weight", f64(p), w1, 2 * ulp(np.maximum(np.abs(w), np.abs(w1)), dtype)
                         + 8 * eps_d * LAMB_KW["lr"] * r * terms, where)
 
