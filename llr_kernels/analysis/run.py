@@ -90,7 +90,7 @@ def analyze(
     try:
         for shard, refs in chunks:
             if bar is not None:
-                bar.set_postfix_str(f"{shard}: {len(refs)} x {'x'.join(map(str, refs[0].shape))}", refresh=False)
+                bar.set_postfix_str(f"{shard}: {len(refs)} x {'x'.join(map(str, refs[0].shape))}", refresh=True)
             mats = [r.load().to(dev) for r in refs]
             want = any(r.name in keep for r in refs)
             rows = measure_matrices(mats, settings, memory_budget, keep_spectra=want)
