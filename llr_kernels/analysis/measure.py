@@ -137,7 +137,7 @@ def measure_matrices(mats: Sequence[torch.Tensor], settings: Settings, memory_bu
             r.update(alpha=a, status=st, precision="fp64" if method == "exact" else "checked")
         return rows
     fast = [i for i, w in enumerate(ms) if settings.precision == "auto" and w.dtype != torch.float64]
-    redo = [i for i in range(len(ms)) if i not in set(fast)]
+    redo = sorted(set(range(len(ms))) - set(fast))
     if fast:
         spectra = _spectra_gram32([ms[i] for i in fast])
         redo += _fill_rows([rows[i] for i in fast], [ms[i] for i in fast], spectra, settings, keep_spectra,
