@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import requires
 from reference import alpha_np
 from torch import nn
 
@@ -13,7 +14,11 @@ from llr_kernels.analysis import CheckpointError, analyze, open_checkpoint
 from llr_kernels.analysis.run import chunk_bytes, plan_chunks
 from llr_kernels.layers import kind_from_name
 
-safetensors = pytest.importorskip("safetensors.torch")
+try:
+    import safetensors.torch as safetensors
+except ImportError:  # the test extra installs it
+    safetensors = None
+pytestmark = requires(None if safetensors else "not installed (pip install safetensors)", "safetensors")
 
 
 def state(seed: int) -> dict[str, torch.Tensor]:
