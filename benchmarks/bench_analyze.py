@@ -8,6 +8,7 @@ Contenders (each row is a ratio to WeightWatcher 0.7.7's default ``analyze()``, 
 fit, the norms, the stable rank and the entropy from a float64 SVD per matrix):
   ours --ww-compatible   the same metrics with WeightWatcher's conventions (float64 throughout)
   ours default           every metric, checked float32 Grams (float64 where a check fails)
+  ours --precision float64   every metric, float64 throughout (the library's conventions)
   ours alpha only        paper Eq. 2 alone (hill_alpha's checked tiers)
 
     python benchmarks/bench_analyze.py [--threads 2] [--model 135m] [--skip-7b] [--out benchmarks/results/analyze_cpu]
@@ -37,7 +38,7 @@ from llr_kernels.analysis import analyze  # noqa: E402
 LLAMA_7B_COUNTS = {(4096, 4096): 128, (11008, 4096): 64, (4096, 11008): 32, (32000, 4096): 2}
 QUICK_7B_COUNTS = {(64, 64): 8, (128, 64): 4, (64, 128): 2, (256, 64): 2}
 OURS = {"ours --ww-compatible": dict(ww_compatible=True), "ours default": {},
-        "ours alpha only": dict(metrics=("alpha",))}
+        "ours --precision float64": dict(precision="float64"), "ours alpha only": dict(metrics=("alpha",))}
 
 
 def heavy(shape: tuple[int, int], tail: float, gen: torch.Generator) -> torch.Tensor:

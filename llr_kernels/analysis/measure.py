@@ -36,7 +36,7 @@ from ..spectral import hill_alpha
 from ..spectral.cost import EXACT_REL_TOL
 from ..spectral.exact import GRAM32_ERR_C, U32, exact_eigs, exact_grams
 from ..spectral.fits import DEFAULT_MIN_TAIL, FIT_METHODS, fit_esds, ks_candidates
-from ..spectral.metrics import ENTROPY_RULES, entropy_from_eigenvalues
+from ..spectral.metrics import ENTROPY_RULES, entropy_from_eigenvalues, rank_tolerance
 from ..spectral.reference import hill_row
 from ..spectral.rules import (
     DEFAULT_ALPHA_MAX,
@@ -137,7 +137,7 @@ def measure_matrices(mats: Sequence[torch.Tensor], settings: Settings, memory_bu
             r.update(alpha=a, status=st, precision="fp64" if method == "exact" else "checked")
         return rows
     fast = [i for i, w in enumerate(ms) if settings.precision == "auto" and w.dtype != torch.float64]
-    redo = [i for i in range(len(ms)) if i not in set(fast)]
+    redo = sorted(set(range(len(ms))) - set(fast))
     if fast:
         spectra = _spectra_gram32([ms[i] for i in fast])
         redo += _fill_rows([rows[i] for i in fast], [ms[i] for i in fast], spectra, settings, keep_spectra,
@@ -204,6 +204,9 @@ def _fill_rows(rows: list[dict], mats: list[torch.Tensor], spectra: list[Spectru
     """Write every requested metric into ``rows``; with report_failed, return the ``index`` entries whose checks
     failed (their rows are left for the float64 pass)."""
     failed: set[int] = set()
+    if "entropy" in s.metrics:  # the cheap check first: no fit for a matrix going to float64 anyway
+        failed = {j for j, (w, sp) in enumerate(zip(mats, spectra))
+                  if sp.delta and sp.pre is None and _rank_ambiguous(sp.e, w.shape, sp.delta)}
     fits = _fits(mats, spectra, s, failed) if s.needs_fit else {}
     for j, (row, w, sp) in enumerate(zip(rows, mats, spectra)):
         if j in failed:
@@ -286,15 +289,19 @@ def _plogp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, -x * torch.log(torch.where(x > 0, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
+def _rank_ambiguous(e: torch.Tensor, shape, delta: float) -> bool:
+    """Whether eigenvalue errors up to delta could change the entropy's rank count."""
+    tol = rank_tolerance(float(e[-1]), shape)
+    return bool(((e > tol - 2 * delta) & (e <= tol + 2 * delta)).any())
+
+
 def _entropy_ok(e: torch.Tensor, shape, h: float, delta: float, s: Settings) -> bool:
     """Whether eigenvalue errors up to ``delta`` move the entropy by at most tol relative (and leave the rank)."""
-    n, big = min(shape), max(shape)
-    eps = torch.finfo(torch.float64).eps
-    lmax, total = float(e[-1]), float(e.sum())
-    tol_rank = lmax * max((big * eps) ** 2, n * eps)
-    if bool(((e > tol_rank - 2 * delta) & (e <= tol_rank + 2 * delta)).any()):
-        return False  # the rank count could change
-    rank = int((e > tol_rank).sum())
+    if _rank_ambiguous(e, shape, delta):
+        return False
+    n = min(shape)
+    total = float(e.sum())
+    rank = int((e > rank_tolerance(float(e[-1]), shape)).sum())
     p = e / total
     dp = delta / total + p * (n * delta / total)
     shift = 1e-10 if s.entropy_rule == "ww" else 0.0
@@ -324,8 +331,8 @@ def _fits(mats: list[torch.Tensor], spectra: list[Spectrum], s: Settings, failed
     for j, (w, sp) in enumerate(zip(mats, spectra)):
         n = sp.e.shape[0]
         empty = {"alpha_fit": nan, "xmin": nan, "ks_distance": nan, "num_tail": 0}
-        if sp.pre is not None:
-            continue  # ``_row`` fills these
+        if sp.pre is not None or j in failed:
+            continue  # ``_row`` fills the first; the others go to float64
         if sp.delta and s.fit == "fix_finger":
             failed.add(j)
             continue

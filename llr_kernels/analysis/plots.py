@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..layers import MATRIX_KINDS
 from .report import Analysis, Comparison, block_of
 
 _OUTSIDE = "other"
@@ -45,8 +46,9 @@ def block_grid(rows: Sequence[dict], value: str) -> tuple[np.ndarray, list[str],
     by_kind: dict[str, list[str]] = {}
     for kind, suf in keys:
         by_kind.setdefault(kind, []).append(suf)
+    order = ("embedding",) + MATRIX_KINDS + ("lm_head",)  # the model's reading order, top to bottom
     labels, index = [], {}
-    for kind, sufs in by_kind.items():
+    for kind, sufs in sorted(by_kind.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         blocks_sufs = [s for s in sufs if s]
         for s in sufs:
             if s == "" and blocks_sufs:
@@ -102,6 +104,13 @@ def tail_fit(row: dict) -> tuple[float, float, int] | None:
     return None
 
 
+def tail_density(x: np.ndarray, alpha: float, xmin: float, m: int, n: int) -> np.ndarray:
+    """The fitted power law as a density of the whole ESD: (m / n) (alpha - 1) / xmin (x / xmin)^-alpha for
+    x >= xmin (its mass is the tail's share m / n), 0 below."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x >= xmin, (m / n) * (alpha - 1) / xmin * (x / xmin) ** (-alpha), 0.0)
+
+
 def esd_plot(row: dict, path: str | Path, bins: int = 80) -> Path:
     """One layer's ESD (needs its "eigenvalues": ``analyze(keep_spectra=...)``) with its fitted tail."""
     if row.get("eigenvalues") is None:
@@ -121,7 +130,7 @@ def esd_plot(row: dict, path: str | Path, bins: int = 80) -> Path:
     if fit is not None:
         a, xmin, m = fit
         x = np.logspace(np.log10(xmin), np.log10(pos[-1]), 50)
-        ax.loglog(x, (m / n) * (a - 1) / xmin * (x / xmin) ** (-a), "-", lw=2, label=f"power law, alpha {a:.3f}")
+        ax.loglog(x, tail_density(x, a, xmin, m, n), "-", lw=2, label=f"power law, alpha {a:.3f}")
         ax.axvline(xmin, ls="--", lw=1, color="gray", label=f"xmin {xmin:.3g} ({m} eigenvalues)")
     ax.set_xlabel("eigenvalue of W^T W")
     ax.set_ylabel("density")

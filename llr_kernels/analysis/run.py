@@ -90,8 +90,8 @@ def analyze(
     try:
         for shard, refs in chunks:
             if bar is not None:
-                bar.set_postfix_str(f"{shard}: {len(refs)} x {'x'.join(map(str, refs[0].shape))}", refresh=False)
-            mats = [r.load().to(dev) for r in refs]
+                bar.set_postfix_str(f"{shard}: {len(refs)} x {'x'.join(map(str, refs[0].shape))}", refresh=True)
+            mats = [_readable(r.load()).to(dev) for r in refs]
             want = any(r.name in keep for r in refs)
             rows = measure_matrices(mats, settings, memory_budget, keep_spectra=want)
             del mats
@@ -109,6 +109,11 @@ def analyze(
             "fit_floor": settings.fit_floor, "entropy_rule": settings.entropy_rule, "precision": settings.precision,
             "ww_compatible": ww_compatible, "device": str(dev), "layers": layers}
     return Analysis(ck.source, ordered, info, ck.skipped)
+
+
+def _readable(t: torch.Tensor) -> torch.Tensor:
+    """float8 weights as float32 (their values exactly): torch has no reductions or matmuls in float8."""
+    return t.float() if t.is_floating_point() and t.element_size() == 1 else t
 
 
 def _progress(total: int, enabled: bool | None):

@@ -218,17 +218,20 @@ ENTROPY_RULES = ("library", "ww")
 WW_EPSILON = 1e-10  # WeightWatcher 0.7.7's constants.EPSILON, added to every p_i and to the rank in its entropy
 
 
+def rank_tolerance(lmax: float, shape: Sequence[int]) -> float:
+    """Gram eigenvalues above this count in the entropy's rank: sigma_max^2 max((N eps_64)^2, n eps_64) (module
+    docstring; eps_64 for every dtype, as WeightWatcher, which casts to float64 first)."""
+    eps = torch.finfo(torch.float64).eps
+    return lmax * max((max(shape) * eps) ** 2, min(shape) * eps)
+
+
 def entropy_from_eigenvalues(e: torch.Tensor, shape: Sequence[int], rule: str = "library") -> float:
     """WeightWatcher's normalised matrix entropy (module docstring) from one matrix's ascending float64 Gram
     eigenvalues; ``shape`` is the matrix's 2-D shape (its long side sets the rank tolerance). rule "library": 0 ln 0
     = 0 and R = 1 reads 1.000001; "ww": WeightWatcher 0.7.7's formula, EPSILON = 1e-10 added to every p_i and R."""
     if rule not in ENTROPY_RULES:
         raise ValueError(f"entropy rule must be one of {ENTROPY_RULES}, got {rule!r}")
-    n, big = min(shape), max(shape)
-    eps = torch.finfo(torch.float64).eps  # WeightWatcher casts every weight to float64 before its SVD
-    lmax = float(e[-1])
-    tol = lmax * max((big * eps) ** 2, n * eps)
-    rank = int((e > tol).sum())
+    rank = int((e > rank_tolerance(float(e[-1]), shape)).sum())
     p = e / e.sum()
     if rule == "ww":
         p = p + WW_EPSILON

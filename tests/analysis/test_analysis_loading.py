@@ -6,13 +6,19 @@ import json
 
 import pytest
 import torch
+from conftest import requires
+from reference import alpha_np
 from torch import nn
 
 from llr_kernels.analysis import CheckpointError, analyze, open_checkpoint
 from llr_kernels.analysis.run import chunk_bytes, plan_chunks
 from llr_kernels.layers import kind_from_name
 
-safetensors = pytest.importorskip("safetensors.torch")
+try:
+    import safetensors.torch as safetensors
+except ImportError:  # the test extra installs it
+    safetensors = None
+pytestmark = requires(None if safetensors else "not installed (pip install safetensors)", "safetensors")
 
 
 def state(seed: int) -> dict[str, torch.Tensor]:
@@ -224,3 +230,16 @@ def test_matrices_are_released_chunk_by_chunk(seed, monkeypatch):
     assert alive_at_load == [0] * 6 and [r["status"] for r in res.rows] == ["ok"] * 6
     gc.collect()
     assert all(w() is None for w in refs)
+
+
+def test_float8_weights_are_measured_exactly(tmp_path, seed):
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.fail("this torch has no float8_e4m3fn")
+    torch.manual_seed(seed)
+    w8 = (torch.randn(96, 64) * 4).to(torch.float8_e4m3fn)
+    path = tmp_path / "fp8.safetensors"
+    safetensors.save_file({"layers.0.mlp.up_proj.weight": w8}, str(path))
+    row = analyze(path, metrics=("alpha", "spectral_norm"), progress=False).rows[0]
+    assert row["alpha"] == pytest.approx(alpha_np(w8.double()), rel=1e-5)
+    ev = torch.linalg.svdvals(w8.double()) ** 2
+    assert row["spectral_norm"] == pytest.approx(float(ev.max()), rel=1e-5)

@@ -20,8 +20,9 @@ import _common as C  # noqa: E402
 
 
 def _ww_missing() -> str | None:
-    if importlib.util.find_spec("weightwatcher") is None:
-        return "not installed (pip install 'llr_kernels[analysis]')"
+    for mod in ("weightwatcher", "safetensors"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed (pip install 'llr_kernels[analysis]')"
     return None
 
 
