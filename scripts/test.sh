@@ -13,6 +13,15 @@ fi
 if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchtitan') is None)"; then
   echo "[setup] installing torchtitan==0.3.0 (the torchtitan integration tests)" >&2
   # the installed torch as a requirement too: no dependency may swap it for another build
+  hub=$(python -c 'import importlib.metadata as m; print(m.version("huggingface-hub"))')
   python -m pip install -q "torchtitan==0.3.0" "torch==$(python -c 'import torch; print(torch.__version__)')"
+  # torchtitan's datasets dependency pulls huggingface-hub below what transformers needs: put it back (the
+  # torchtitan tests read local files only, so datasets never calls the hub)
+  python -m pip install -q "huggingface-hub==$hub"
+fi
+# WeightWatcher for tests/analysis/test_analysis_weightwatcher.py (the optional extra "analysis", pinned)
+if ! python -c "import importlib.util as u, sys; sys.exit(u.find_spec('weightwatcher') is None)"; then
+  echo "[setup] installing weightwatcher==0.7.7 (the side-by-side analysis tests)" >&2
+  python -m pip install -q "weightwatcher==0.7.7" "torch==$(python -c 'import torch; print(torch.__version__)')"
 fi
 python -m pytest -q "$@"
