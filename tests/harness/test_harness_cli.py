@@ -27,6 +27,7 @@ OPTIONS = {
     "--preset": ("smoke", "preset", "smoke"),
     "--out": ("/tmp/x", "out", "/tmp/x"),
     "--publish": ("pub/x", "publish", "pub/x"),
+    "--reference": ("pub/ref.json", "reference", "pub/ref.json"),
     "--no-progress": (None, "no_progress", True),
     "--no-plots": (None, "no_plots", True),
     "--model": ("gpt-nano", "model", "gpt-nano"),

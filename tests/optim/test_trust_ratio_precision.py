@@ -140,7 +140,6 @@ def test_lars_low_precision_steps_follow_the_float64_update(dtype, foreach, nest
     ps = params_for(dtype, seed)
     opt = LARS(ps, foreach=foreach, nesterov=nesterov, **LARS_KW)
     gen = torch.Generator().manual_seed(seed + 1)
-    eps_d = torch.finfo(dtype).eps
     mu = LARS_KW["momentum"]
     for t in range(1, STEPS + 1):
         before = []

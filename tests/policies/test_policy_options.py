@@ -265,7 +265,6 @@ def test_llr_family_presets_follow_the_formulas(preset, seed):
 def test_shuffled_control_draws_a_new_permutation_at_every_update(seed):
     """"llr-shuffled": at every update the usable layers' multipliers are those of Eq. 3, dealt out by a fresh
     permutation; unusable and pinned layers keep theirs; the same seed replays the same draws, another seed not."""
-    rng = np.random.default_rng(seed)
     cfg = dict(s=3.0, interval=1, total_steps=T, grad_phase=0.0, outlier_z=None, bias_follows_matrix=True, ramp_steps=2)
     runs = {}
     for shuffle_seed in (seed % 1000, seed % 1000, seed % 1000 + 1):

@@ -25,7 +25,6 @@ from llr_kernels.spectral import hill_alpha
 from llr_kernels.spectral.batched import hill_alpha_fast
 from llr_kernels.spectral.fits import fit_power_law
 from llr_kernels.spectral.metrics import layer_metrics, measure
-from reference import hill_np
 
 MIN_EIGS = 16
 SLQ = dict(method="lanczos", probes=8, groups=4, min_eigs=MIN_EIGS)
