@@ -34,7 +34,6 @@ from ..ops import dispatch
 from ..ops.gram.naive import cuda_tf32
 from ..spectral import hill_alpha
 from ..spectral.cost import EXACT_REL_TOL
-from ..spectral.esd import esd_scaled
 from ..spectral.exact import GRAM32_ERR_C, U32, exact_eigs, exact_grams
 from ..spectral.fits import DEFAULT_MIN_TAIL, FIT_METHODS, fit_esds, ks_candidates
 from ..spectral.metrics import ENTROPY_RULES, entropy_from_eigenvalues, rank_tolerance
@@ -180,23 +179,14 @@ def _spectra_gram32(mats: list[torch.Tensor]) -> list[Spectrum]:
 
 
 def _spectra64(mats: list[torch.Tensor]) -> list[Spectrum]:
-    """Tier 3 of ``spectral.exact``: float64 Grams and eigenvalues (CPU: torch's batched eigvalsh; CUDA: the C++
-    op's batched cuSOLVER)."""
+    """Tier 3 of ``spectral.exact``: float64 Grams and eigenvalues (CPU: the C++ op, one matrix per thread)."""
     out: list[Spectrum | None] = [None] * len(mats)
     for (shape, device), idx in _by_shape(mats).items():
         n = min(shape)
         group = [mats[i] for i in idx]
-        exps = prescale(group)
-        if device.type == "cuda":  # batched cuSOLVER (the C++ op)
-            eig = exact_eigs(group, n, torch.float64, "auto", device, keep=False)[0].to("cpu", torch.float64)
-        else:  # torch's batched eigvalsh: 2.5x faster than the C++ op's one-Gram-after-another at n = 768
-            ok = [j for j, x in enumerate(exps) if not isinstance(x, str)]
-            eig = torch.zeros(len(group), n, dtype=torch.float64)
-            if ok:
-                vals = esd_scaled([group[j] for j in ok], [applied_exponent(exps[j], torch.float64) for j in ok],
-                                  torch.float64)
-                eig[ok] = torch.stack(vals).to("cpu", torch.float64)
-        for j, (i, x) in enumerate(zip(idx, exps)):
+        eig, _ = exact_eigs(group, n, torch.float64, "auto", device, keep=False)
+        eig = eig.to("cpu", torch.float64)
+        for j, (i, x) in enumerate(zip(idx, prescale(group))):
             if isinstance(x, str):
                 out[i] = _settled(n, x, "fp64")
             else:
