@@ -290,3 +290,13 @@ def test_slq_steps_term_benchmark_dry_run():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "| fixed budget (target_error=None) |" in out.stdout and "| ratio |" in out.stdout
+
+
+def test_ks_chunk_benchmark_dry_run():
+    """The KS chunk-size benchmark runs end to end at tiny sizes (it exits non-zero if a chunk size changes a fit)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(BENCH / "bench_ks_chunk.py"), "--dry-run", "--allow-loaded"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "| 4 x n=96 |" in out.stdout and "chunk 2^19" in out.stdout
