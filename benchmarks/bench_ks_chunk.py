@@ -40,7 +40,7 @@ def main() -> int:
                                "default_chunk_elems": DEFAULT_CHUNK_ELEMS, "sets": {}}
     for label, (b, n) in sets.items():
         eigs = torch.sort(torch.rand(b, n, generator=gen, dtype=torch.float64) ** -1.5, -1).values.to(device)
-        fns = {str(c): (lambda c=c: fit_power_law(eigs, "ks", chunk_elems=c)) for c in CHUNKS}
+        fns = {str(c): (lambda c=c, e=eigs: fit_power_law(e, "ks", chunk_elems=c)) for c in CHUNKS}
         ref = fit_power_law(eigs, "ks", chunk_elems=CHUNKS[0])
         for c in CHUNKS:
             got = fit_power_law(eigs, "ks", chunk_elems=c)
@@ -52,8 +52,8 @@ def main() -> int:
     payload["load"] = guard.finish()
     lines = [f"# KS fit: chunk size vs time ({device.type})", "", C.machine_line(payload["machine"]),
              C.load_line(payload["load"]),
-             f"- median of {args.iters} interleaved runs after a warm-up; float64 ESDs u^-1.5 sorted (seed 0); "
-             f"every chunk size gave identical fits; default now {DEFAULT_CHUNK_ELEMS}",
+             (f"- median of {args.iters} interleaved runs after a warm-up; float64 ESDs u^-1.5 sorted (seed 0); "
+              f"every chunk size gave identical fits; default now {DEFAULT_CHUNK_ELEMS}"),
              f"- command: `python benchmarks/bench_ks_chunk.py{'' if args.threads is None else f' --threads {args.threads}'}`",
              "", "| ESDs | " + " | ".join(f"chunk 2^{c.bit_length() - 1}" for c in CHUNKS) + " |",
              "|---|" + "---|" * len(CHUNKS)]
