@@ -72,6 +72,11 @@ class Layer:
         return self.kind in MATRIX_KINDS or self.kind in ("embedding", "lm_head")
 
     @property
+    def stacked(self) -> bool:
+        """A stack of matrices (``is_stack``): the layer's alpha is the mean of its slices' (``optim.spectral_update``)."""
+        return is_stack(self.kind, self.shape)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.param.shape)
 
@@ -80,6 +85,12 @@ class Layer:
         """(out_features, in_features, ...): the stored shape, with the two axes swapped for transposed weights."""
         shape = self.shape
         return (shape[1], shape[0], *shape[2:]) if self.transposed and len(shape) >= 2 else shape
+
+
+def is_stack(kind: str, shape: tuple[int, ...]) -> bool:
+    """A 3-D matrix kind, (experts, out, in) as MoE layers store their experts, is a stack of matrices, each slice
+    measured on its own; a convolution kernel is one (out, in x k) matrix."""
+    return len(shape) == 3 and kind in MATRIX_KINDS and kind != "conv"
 
 
 def stores_transposed(module: nn.Module | None) -> bool:
@@ -102,9 +113,9 @@ def kind_from_name(name: str, param: torch.Tensor, module: nn.Module | None = No
     for pattern, kind in _COMPILED:
         if pattern.search(low):
             return kind
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or param.dim() > 2:
+    if isinstance(module, nn.modules.conv._ConvNd) or param.dim() > 3 or (param.dim() == 3 and module is None):
         return "conv"
-    return "linear"
+    return "linear"  # a 3-D parameter of a module that is no convolution: a stack of matrices (MoE experts)
 
 
 def output_head_params(model: nn.Module) -> set[int]:

@@ -59,6 +59,7 @@ TESTS = {
     "diagnostics": ["tests/optim/test_diagnostics.py"],
     "trust_lp": ["tests/optim/test_trust_ratio_precision.py"],
     "cli": ["tests/harness/test_harness_cli.py"],
+    "moe": ["tests/optim/test_moe_stacks.py", "tests/analysis/test_analysis_loading.py"],
 }
 
 
@@ -523,6 +524,19 @@ MUTANTS: list[Mutant] = [
            "if step % a.eval_every == 0 or done == a.steps:", "cli"),
     Mutant("i21-dist-cli-s-ignored", "python/train_dist.py", "adamw_betas=(0.9, 0.95), weight_decay=0.1, s=a.s or 2.0,",
            "adamw_betas=(0.9, 0.95), weight_decay=0.1, s=2.0,", "cli"),
+    # MoE expert stacks (3-D parameters of modules that are no convolution)
+    Mutant("moe-stack-measured-as-one-matrix", UPDATE,
+           "if stacked is not None and any(stacked) and opt.policy.metric != \"grad_norm\":", "if False:", "moe"),
+    Mutant("moe-stack-takes-its-first-expert", UPDATE,
+           "return float(values[use].mean()), statuses[use[0]]", "return float(values[use[0]]), statuses[use[0]]", "moe"),
+    Mutant("moe-unusable-experts-in-the-mean", UPDATE,
+           "if st in OK_STATUSES and math.isfinite(float(values[j]))]", "if st in OK_STATUSES or True]", "moe"),
+    Mutant("moe-3d-module-parameter-is-conv", "llr_kernels/layers.py",
+           "param.dim() > 3 or (param.dim() == 3 and module is None)", "param.dim() > 2", "moe"),
+    Mutant("moe-analysis-stack-one-row", "llr_kernels/analysis/run.py",
+           "    return is_stack(r.kind, tuple(r.shape))", "    return False", "moe"),
+    Mutant("moe-stack-cost-of-one-slice", "llr_kernels/optim/spectral_split.py",
+           "return int(shape[0]) * measure_cost(tuple(shape[1:]))", "return measure_cost(tuple(shape[1:]))", "moe"),
 ]
 
 

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..layers import is_stack
 from .loading import Checkpoint, TensorRef, open_checkpoint
 from .measure import ANALYSIS_METRICS, Settings, measure_matrices
 from .report import Analysis
@@ -80,8 +81,9 @@ def analyze(
     if memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     ck = open_checkpoint(source, trust_pickle=trust_pickle).select(layers)
-    keep = set(r.name for r in ck.refs) if keep_spectra is True else set(keep_spectra or ())
-    unknown = keep - {r.name for r in ck.refs}
+    names = [n for r in ck.refs for n in _row_names(r)]
+    keep = set(names) if keep_spectra is True else set(keep_spectra or ())
+    unknown = keep - set(names)
     if unknown:
         raise ValueError(f"keep_spectra names no measured matrix: {sorted(unknown)[:3]}")
     chunks = plan_chunks(ck, memory_budget)
@@ -91,24 +93,43 @@ def analyze(
         for shard, refs in chunks:
             if bar is not None:
                 bar.set_postfix_str(f"{shard}: {len(refs)} x {'x'.join(map(str, refs[0].shape))}", refresh=True)
-            mats = [_readable(r.load()).to(dev) for r in refs]
-            want = any(r.name in keep for r in refs)
-            rows = measure_matrices(mats, settings, memory_budget, keep_spectra=want)
-            del mats
-            for r, row in zip(refs, rows):
-                if r.name not in keep:
+            entries = _entries(refs, dev)
+            want = any(name in keep for name, _, _ in entries)
+            rows = measure_matrices([m for _, _, m in entries], settings, memory_budget, keep_spectra=want)
+            shapes = [(name, r, tuple(m.shape)) for name, r, m in entries]
+            del entries  # the chunk's matrices are freed before the next chunk is read
+            for (name, r, shape), row in zip(shapes, rows):
+                if name not in keep:
                     row.pop("eigenvalues", None)
-                rows_of[r.name] = {"name": r.name, "kind": r.kind, "shape": r.shape, **row}
+                rows_of[name] = {"name": name, "kind": r.kind, "shape": shape, **row}
             if bar is not None:
                 bar.update(len(refs))
     finally:
         if bar is not None:
             bar.close()
-    ordered = [rows_of[r.name] for r in ck.refs]
+    ordered = [rows_of[n] for n in names]
     info = {"metrics": list(settings.metrics), "fit": settings.fit, "min_tail": settings.min_tail,
             "fit_floor": settings.fit_floor, "entropy_rule": settings.entropy_rule, "precision": settings.precision,
             "ww_compatible": ww_compatible, "device": str(dev), "layers": layers}
     return Analysis(ck.source, ordered, info, ck.skipped)
+
+
+def _stacked(r: TensorRef) -> bool:
+    return is_stack(r.kind, tuple(r.shape))
+
+
+def _row_names(r: TensorRef) -> list[str]:
+    """A matrix's row name; a stack of experts (``layers.is_stack``) gets one row per expert, ``name[e]``."""
+    return [f"{r.name}[{e}]" for e in range(r.shape[0])] if _stacked(r) else [r.name]
+
+
+def _entries(refs: list[TensorRef], dev: torch.device) -> list[tuple[str, TensorRef, torch.Tensor]]:
+    """(row name, ref, matrix) of a chunk, read onto ``dev``: a stack of experts gives a row per expert."""
+    out = []
+    for r in refs:
+        m = _readable(r.load()).to(dev)
+        out += list(zip(_row_names(r), [r] * m.shape[0], m.unbind(0))) if _stacked(r) else [(r.name, r, m)]
+    return out
 
 
 def _readable(t: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,12 @@ def short_long(shape: tuple[int, ...]) -> tuple[int, int]:
     return min(rows, cols), max(rows, cols)
 
 
-def update_bytes(shape: tuple[int, ...], elem: int, whole_copy: bool) -> int:
+def update_bytes(shape: tuple[int, ...], elem: int, whole_copy: bool, stacked: bool = False) -> int:
     """Bytes measuring one matrix of ``shape`` adds at most (see the module docstring); ``whole_copy``: the
-    matrix itself is a gathered copy, not a tensor the rank holds anyway."""
+    matrix itself is a gathered copy, not a tensor the rank holds anyway; ``stacked``: shape[0] matrices of
+    shape[1:], measured together."""
+    if stacked:
+        return int(shape[0]) * update_bytes(tuple(shape[1:]), elem, whole_copy)
     n, m = short_long(shape)
     return (m * n * elem if whole_copy else 0) + 8 * m * n + 4 * n * n + bytes_per_matrix(n, "exact", 0, 0, 0, 8)
 
@@ -77,7 +80,7 @@ def check_budget_arg(budget: object, layers: list) -> None:
         if not layer.is_matrix:
             continue
         p = layer.param
-        need = update_bytes(tuple(p.shape), p.element_size(), True)
+        need = update_bytes(tuple(p.shape), p.element_size(), True, layer.stacked)
         if need > budget:
             raise ValueError(
                 f"spectral_memory_budget={budget} bytes is smaller than what measuring one matrix needs: "

@@ -40,8 +40,11 @@ from ._dtensor import is_dtensor
 from .placements import mesh_ranks
 
 
-def measure_cost(shape: tuple[int, ...]) -> float:
-    """Estimated flops of one matrix's exact alpha: Gram (m n^2) + eigendecomposition (4/3 n^3), n = short side."""
+def measure_cost(shape: tuple[int, ...], stacked: bool = False) -> float:
+    """Estimated flops of one matrix's exact alpha: Gram (m n^2) + eigendecomposition (4/3 n^3), n = short side;
+    ``stacked``: a stack of shape[0] matrices of shape[1:]."""
+    if stacked:
+        return int(shape[0]) * measure_cost(tuple(shape[1:]))
     rows = int(shape[0])
     cols = 1
     for d in shape[1:]:

@@ -80,7 +80,7 @@ def measure_layers(opt: "LLROptimizer", source: str) -> tuple[torch.Tensor, list
     split, stats = measure_share(opt, measured, source, alphas, status)
     if split is not None:
         rank = split.rank
-        owners = assign_owners([measure_cost(opt.layers[i].shape) for i in measured], split.world)
+        owners = assign_owners([measure_cost(opt.layers[i].shape, opt.layers[i].stacked) for i in measured], split.world)
         mine = [i for j, i in enumerate(measured) if owners[j] == rank]
         shared, shared_status = share_results(alphas, status, mine, split)
         for i in measured:
@@ -109,21 +109,23 @@ def measure_share(opt: "LLROptimizer", measured: list[int], source: str, alphas:
     (None: this rank measured every layer) and what moved ("bytes_received", "bytes_held": the largest chunk)."""
     params = [opt.layers[i].param for i in measured]
     split = resolve_split(opt.spectral_group, opt._model_ref() if opt._model_ref else None, params)
-    owners = None if split is None else assign_owners([measure_cost(opt.layers[i].shape) for i in measured], split.world)
+    owners = None if split is None else assign_owners(
+        [measure_cost(opt.layers[i].shape, opt.layers[i].stacked) for i in measured], split.world)
     me = 0 if split is None else split.rank
     device = local(params[0]).device if params else torch.device("cpu")
     chunk = Chunker(opt.spectral_memory_budget if opt.spectral_memory_budget is not None else default_budget(device))
     idx: list[int] = []
     mats: list[torch.Tensor] = []
+    stacks: list[bool] = []
     received, held_bytes = 0, 0
 
     def flush() -> None:
         if mats:
-            values, statuses = measure_matrices(opt, mats)
+            values, statuses = measure_matrices(opt, mats, stacks)
             alphas[idx] = values
             for i, st in zip(idx, statuses):
                 status[i] = st
-        idx.clear(), mats.clear(), chunk.reset()
+        idx.clear(), mats.clear(), stacks.clear(), chunk.reset()
 
     for j, i in enumerate(measured):
         src = opt._spectral_source(opt.layers[i], source)
@@ -132,7 +134,7 @@ def measure_share(opt: "LLROptimizer", measured: list[int], source: str, alphas:
         if owners is not None and owners[j] != me and not is_dtensor(src):
             continue  # a replicated matrix: its owner measures its own copy
         shape, copied = tuple(src.shape), is_dtensor(src)
-        need = update_bytes(shape, src.element_size(), copied)
+        need = update_bytes(shape, src.element_size(), copied, opt.layers[i].stacked)
         if (owners is None or owners[j] == me) and chunk.must_flush(shape, need):
             flush()  # before the gather: the budget bounds what is held at once
         if owners is None:
@@ -147,14 +149,26 @@ def measure_share(opt: "LLROptimizer", measured: list[int], source: str, alphas:
             chunk.add(shape, need)
             idx.append(i)
             mats.append(m)
+            stacks.append(opt.layers[i].stacked)
     flush()
     return split, {"bytes_received": received, "bytes_held": held_bytes, "chunk_peak_estimate": chunk.peak}
 
 
-def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
+def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor],
+                     stacked: list[bool] | None = None) -> tuple[torch.Tensor, list[str]]:
     """The policy's metric of each matrix (float64) and its status: PL_Alpha_Hill by the median fit through
     ``hill_alpha`` (every alpha within ALPHA_TARGET_ERROR of Eq. 2), else ``spectral.metrics.measure``
-    (exact eigenvalues), or the Frobenius norm for "grad_norm"."""
+    (exact eigenvalues), or the Frobenius norm for "grad_norm". A ``stacked`` matrix (3-D: MoE experts) is
+    measured slice by slice and gets ``fold_stack`` of its slices' results."""
+    if stacked is not None and any(stacked) and opt.policy.metric != "grad_norm":
+        slices = [list(m.unbind(0)) if st else [m] for m, st in zip(mats, stacked)]
+        values, statuses = measure_matrices(opt, [x for sl in slices for x in sl])
+        out, out_status, k = [], [], 0
+        for sl in slices:
+            v, st = fold_stack(values[k:k + len(sl)], statuses[k:k + len(sl)])
+            out.append(v), out_status.append(st)
+            k += len(sl)
+        return torch.tensor(out, dtype=torch.float64), out_status
     metric, fit = opt.policy.metric, opt.policy.fit
     if metric == "alpha" and fit == "median":
         res = hill_alpha(mats, method=opt.hill_method, variant=opt.hill_variant, min_eigs=opt.min_eigs,
@@ -164,6 +178,15 @@ def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[tor
         norms = torch.stack([torch.linalg.vector_norm(m.detach().to(torch.float64)).cpu() for m in mats])
         return norms, ["ok" if math.isfinite(float(v)) else "non_finite" for v in norms]
     return measure(mats, metric, fit=fit, min_eigs=opt.min_eigs, variant=opt.hill_variant)
+
+
+def fold_stack(values: torch.Tensor, statuses: list[str]) -> tuple[float, str]:
+    """One value and status for a stack of matrices that share one learning rate: the mean over the slices with a
+    usable value (their first status: ok, or ok on the nonzero eigenvalues), else NaN and the first slice's."""
+    use = [j for j, st in enumerate(statuses) if st in OK_STATUSES and math.isfinite(float(values[j]))]
+    if not use:
+        return float("nan"), statuses[0]
+    return float(values[use].mean()), statuses[use[0]]
 
 
 def usable_layers(opt: "LLROptimizer", status: list[str]) -> int:

@@ -243,3 +243,24 @@ def test_float8_weights_are_measured_exactly(tmp_path, seed):
     assert row["alpha"] == pytest.approx(alpha_np(w8.double()), rel=1e-5)
     ev = torch.linalg.svdvals(w8.double()) ** 2
     assert row["spectral_norm"] == pytest.approx(float(ev.max()), rel=1e-5)
+
+
+def test_expert_stacks_get_a_row_per_expert():
+    """A 3-D expert stack (Mixtral's ``experts.gate_up_proj``) is measured expert by expert, ``name[e]`` rows with
+    each slice's float64 Eq. 2 alpha; a 3-D tensor no name rule claims stays one (out, in x k) matrix (a conv
+    kernel cannot be told from a stack by name); keep_spectra takes a slice's name."""
+    g = torch.Generator().manual_seed(11)
+    stack = torch.randn(3, 96, 64, generator=g) * torch.linspace(0.2, 2.0, 64) ** 2
+    kernel = torch.randn(70, 64, 3, generator=g)
+    res = analyze({"model.layers.0.mlp.experts.gate_up_proj": stack, "encoder.conv.weight": kernel},
+                  progress=False, keep_spectra=["model.layers.0.mlp.experts.gate_up_proj[1]"])
+    rows = {r["name"]: r for r in res.rows}
+    assert list(rows) == [f"model.layers.0.mlp.experts.gate_up_proj[{e}]" for e in range(3)] + ["encoder.conv.weight"]
+    for e in range(3):
+        r = rows[f"model.layers.0.mlp.experts.gate_up_proj[{e}]"]
+        assert r["kind"] == "ffn_gate_up" and r["shape"] == (96, 64)
+        assert r["alpha"] == pytest.approx(alpha_np(stack[e]), rel=1e-5)
+    assert "eigenvalues" in rows["model.layers.0.mlp.experts.gate_up_proj[1]"]
+    assert "eigenvalues" not in rows["model.layers.0.mlp.experts.gate_up_proj[0]"]
+    assert rows["encoder.conv.weight"]["shape"] == (70, 64, 3)
+    assert rows["encoder.conv.weight"]["alpha"] == pytest.approx(alpha_np(kernel), rel=1e-5)
