@@ -162,13 +162,17 @@ def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor],
     measured slice by slice and gets ``fold_stack`` of its slices' results."""
     if stacked is not None and any(stacked) and opt.policy.metric != "grad_norm":
         slices = [list(m.unbind(0)) if st else [m] for m, st in zip(mats, stacked)]
-        values, statuses = measure_matrices(opt, [x for sl in slices for x in sl])
+        values, statuses = _measure(opt, [x for sl in slices for x in sl])
         out, out_status, k = [], [], 0
         for sl in slices:
             v, st = fold_stack(values[k:k + len(sl)], statuses[k:k + len(sl)])
             out.append(v), out_status.append(st)
             k += len(sl)
         return torch.tensor(out, dtype=torch.float64), out_status
+    return _measure(opt, mats)
+
+
+def _measure(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[torch.Tensor, list[str]]:
     metric, fit = opt.policy.metric, opt.policy.fit
     if metric == "alpha" and fit == "median":
         res = hill_alpha(mats, method=opt.hill_method, variant=opt.hill_variant, min_eigs=opt.min_eigs,

@@ -231,10 +231,10 @@ def count_measurements() -> list:
     counted = [0, 0]  # matrices, calls
     original = spectral_update.measure_matrices
 
-    def counting(opt, mats):
+    def counting(opt, mats, stacked=None):
         counted[0] += len(mats)
         counted[1] += 1
-        return original(opt, mats)
+        return original(opt, mats, stacked)
 
     spectral_update.measure_matrices = counting
     return counted

@@ -112,9 +112,9 @@ def test_budgeted_update_equals_unbounded(seed, monkeypatch):
     calls = []
     original = spectral_update.measure_matrices
 
-    def recording(opt, mats):
+    def recording(opt, mats, stacked=None):
         calls.append([tuple(m.shape) for m in mats])
-        return original(opt, mats)
+        return original(opt, mats, stacked)
 
     monkeypatch.setattr(spectral_update, "measure_matrices", recording)
     bounded = LLRAdamW(model, min_eigs=8, backend="torch", spectral_memory_budget=budget).update_alphas(0)
