@@ -77,10 +77,9 @@ def measure_layers(opt: "LLROptimizer", source: str) -> tuple[torch.Tensor, list
     measured = opt.measured_layers()
     alphas = torch.full((len(opt.layers),), float("nan"), dtype=torch.float64)
     status = [STATUS_VECTOR if not l.is_matrix else STATUS_NO_GRAD for l in opt.layers]
-    split, stats = measure_share(opt, measured, source, alphas, status)
+    split, owners, stats = measure_share(opt, measured, source, alphas, status)
     if split is not None:
         rank = split.rank
-        owners = assign_owners([measure_cost(opt.layers[i].shape, opt.layers[i].stacked) for i in measured], split.world)
         mine = [i for j, i in enumerate(measured) if owners[j] == rank]
         shared, shared_status = share_results(alphas, status, mine, split)
         for i in measured:
@@ -102,11 +101,12 @@ def finish_update(opt: "LLROptimizer", status: list[str], outliers: torch.Tensor
 
 
 def measure_share(opt: "LLROptimizer", measured: list[int], source: str, alphas: torch.Tensor,
-                   status: list[str]) -> tuple[Split | None, dict]:
+                   status: list[str]) -> tuple[Split | None, list[int] | None, dict]:
     """Measure this rank's share of the ``measured`` layers into ``alphas`` / ``status``, one chunk at a time: each
     matrix is gathered whole onto its owner only (any DTensor layout; ``placements.gather_whole``), chunks stay
     under the memory budget (``budget``) and are measured and freed before the next gather. Returns the split
-    (None: this rank measured every layer) and what moved ("bytes_received", "bytes_held": the largest chunk)."""
+    (None: this rank measured every layer), each measured layer's owner rank (None without a split) and what
+    moved ("bytes_received", "bytes_held": the largest chunk)."""
     params = [opt.layers[i].param for i in measured]
     split = resolve_split(opt.spectral_group, opt._model_ref() if opt._model_ref else None, params)
     owners = None if split is None else assign_owners(
@@ -151,7 +151,7 @@ def measure_share(opt: "LLROptimizer", measured: list[int], source: str, alphas:
             mats.append(m)
             stacks.append(opt.layers[i].stacked)
     flush()
-    return split, {"bytes_received": received, "bytes_held": held_bytes, "chunk_peak_estimate": chunk.peak}
+    return split, owners, {"bytes_received": received, "bytes_held": held_bytes, "chunk_peak_estimate": chunk.peak}
 
 
 def measure_matrices(opt: "LLROptimizer", mats: list[torch.Tensor],
@@ -187,7 +187,7 @@ def _measure(opt: "LLROptimizer", mats: list[torch.Tensor]) -> tuple[torch.Tenso
 def fold_stack(values: torch.Tensor, statuses: list[str]) -> tuple[float, str]:
     """One value and status for a stack of matrices that share one learning rate: the mean over the slices with a
     usable value (their first status: ok, or ok on the nonzero eigenvalues), else NaN and the first slice's."""
-    use = [j for j, st in enumerate(statuses) if st in OK_STATUSES and math.isfinite(float(values[j]))]
+    use = [j for j, st in enumerate(statuses) if st in OK_STATUSES]  # these statuses carry a finite value
     if not use:
         return float("nan"), statuses[0]
     return float(values[use].mean()), statuses[use[0]]
