@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import nn
 
+from tiny_models import lm_loss
+
 from llr_kernels import LLRAdamW, LLRMuon
 
 VOCAB, D, HEAD_DIM, FFN, SEQ = 48, 32, 8, 64, 9  # SEQ - 1 = 8 positions: sequence shards of 4 on 2 TP ranks
@@ -90,11 +92,6 @@ class TPLlama(nn.Module):
         for blk in self.model.layers:
             x = blk(x)
         return self.lm_head(self.model.norm(x))
-
-
-def lm_loss(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    logits = model(idx[:, :-1])
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), idx[:, 1:].reshape(-1))
 
 
 def batches(n: int, bsz: int, seed: int = 0) -> list[torch.Tensor]:
