@@ -5,7 +5,7 @@
     print(format_layer_stats(opt))   # per layer: kind, shape, alpha, multiplier, LR, weight decay, status
 """
 from .layers import KINDS, Layer, classify_parameters
-from .optim import LAMB, LARS, LLRAdamW, LLRMuon, LLROptimizer, layer_stats, layerwise_optimizer, unwrap
+from .optim import LAMB, LARS, LLRAdamW, LLRMuon, LLROptimizer, layerwise_optimizer
 from .policies import (
     PRESETS as POLICY_PRESETS,
     BlockwiseConfig,
@@ -18,7 +18,7 @@ from .policies import (
     llr_multipliers,
 )
 from .spectral import HillResult, hill_alpha
-from .stats import format_layer_stats, layer_records
+from .stats import format_layer_stats, layer_records, layer_stats, unwrap
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,8 @@
 """Per-layer statistics a person can read: ``format_layer_stats(opt)`` (a text table) and ``layer_records(opt)``
 (flat dicts, one per layer, for ``pandas.DataFrame`` or a CSV/JSON logger).
 
-Both take an LLR optimizer, anything that wraps one (``trainer.optimizer``: followed through ``.optimizer``), or
-rows already taken from ``layer_stats()`` (a training log). Norms and biases (kind ``vector``) stay at multiplier
+Both take an LLR optimizer, anything that wraps one (``trainer.optimizer``: followed through ``.optimizer`` by
+``unwrap``), or rows already taken from ``layer_stats()`` (a training log). Norms and biases (kind ``vector``) stay at multiplier
 1 and are summarised in one line unless ``vectors=True``.
 """
 from __future__ import annotations
@@ -11,13 +11,35 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .optim.wrappers import unwrap
+from .optim.base import LLROptimizer
 
 COLUMNS = ("name", "kind", "shape", "alpha", "multiplier", "lr", "wd_multiplier", "weight_decay", "status")
 # printed columns: (key, header, width, format); "shape" and the text columns are left-aligned
 _TABLE = (("name", "layer", 0, "s"), ("kind", "kind", 11, "s"), ("shape", "shape", 11, "s"),
           ("alpha", "alpha", 7, ".3f"), ("multiplier", "mult", 6, ".3f"), ("lr", "lr", 10, ".3e"),
           ("weight_decay", "wd", 9, ".3g"), ("status", "status", 0, "s"))
+
+
+def unwrap(optimizer: Any) -> LLROptimizer:
+    """The LLR optimizer inside ``optimizer``, following ``.optimizer`` attributes (accelerate's
+    ``AcceleratedOptimizer``, which forwards no other attribute, Hugging Face ``Trainer.optimizer``, DeepSpeed-style
+    wrappers); raises TypeError when none is found."""
+    seen, cur = [], optimizer
+    while not isinstance(cur, LLROptimizer):
+        seen.append(type(cur).__name__)
+        nxt = getattr(cur, "optimizer", None)
+        if nxt is None or nxt is cur or len(seen) > 16:
+            raise TypeError(
+                f"no LLR optimizer (LLRAdamW / LLRMuon) inside {' -> '.join(seen)}: unwrap follows .optimizer "
+                "attributes; pass the optimizer that wraps an LLR optimizer"
+            )
+        cur = nxt
+    return cur
+
+
+def layer_stats(optimizer: Any) -> list[dict[str, Any]]:
+    """``layer_stats()`` of the LLR optimizer inside ``optimizer`` (e.g. ``layer_stats(trainer.optimizer)``)."""
+    return unwrap(optimizer).layer_stats()
 
 
 def _rows_and_title(source: Any) -> tuple[list[dict[str, Any]], str | None]:

@@ -5,7 +5,6 @@ from .base import LLROptimizer
 from .factory import layerwise_optimizer
 from .muon import LLRMuon
 from .trust_ratio import LAMB, LARS
-from .wrappers import layer_stats, normalize_name, unwrap
+from .wrappers import normalize_name
 
-__all__ = ["LAMB", "LARS", "LLRAdamW", "LLRMuon", "LLROptimizer", "layer_stats", "layerwise_optimizer",
-           "normalize_name", "unwrap"]
+__all__ = ["LAMB", "LARS", "LLRAdamW", "LLRMuon", "LLROptimizer", "layerwise_optimizer", "normalize_name"]

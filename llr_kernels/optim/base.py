@@ -28,8 +28,9 @@ from .budget import check_budget_arg
 from .checkpoint import PER_LAYER_KEY, check_layers, llr_entry, llr_entry_from_layers, per_layer_entries
 from .params import classify_named, normalize_groups, per_layer, reject_sparse_embeddings, warn_unnamed
 from .placements import check_splittable
+from .policy_group import check_policy_group
 from .spectral_update import update_layer_metrics
-from .validation import check_model_args, check_policy_group, check_spectral_args, check_spectral_group
+from .validation import check_model_args, check_spectral_args, check_spectral_group
 
 
 def _capturing() -> bool:

@@ -190,3 +190,11 @@ class PolicyGroup:
         usable = sum(is_matrix and not bool(pin) and st in OK_STATUSES for e in everyone
                      for is_matrix, pin, st in zip(e["matrix"], e["pinned"], e["status"]))
         return target, wd_target, outliers, values, usable
+
+
+def check_policy_group(policy_group: Any) -> Any:
+    """``policy_group`` must be None or a ``PolicyGroup``; returns it."""
+    if policy_group is not None and not isinstance(policy_group, PolicyGroup):
+        raise TypeError(f"policy_group must be None or a llr_kernels.optim.policy_group.PolicyGroup (one policy over "
+                        f"pipeline stages and model parts), got {type(policy_group).__name__}")
+    return policy_group

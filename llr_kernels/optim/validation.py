@@ -46,13 +46,3 @@ def check_model_args(model: Any, classify: Any) -> None:
         raise TypeError(f"model must be an nn.Module (it names the parameters) or None, got {type(model).__name__}")
     if classify is not None and not callable(classify):
         raise TypeError(f"classify must be a callable (name, param, module) -> kind or None, got {type(classify).__name__}")
-
-
-def check_policy_group(policy_group: Any) -> Any:
-    """``policy_group`` must be None or an ``optim.policy_group.PolicyGroup``; returns it."""
-    from .policy_group import PolicyGroup
-
-    if policy_group is not None and not isinstance(policy_group, PolicyGroup):
-        raise TypeError(f"policy_group must be None or a llr_kernels.optim.policy_group.PolicyGroup (one policy over "
-                        f"pipeline stages and model parts), got {type(policy_group).__name__}")
-    return policy_group

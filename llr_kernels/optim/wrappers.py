@@ -1,18 +1,11 @@
-"""Undo what wrappers add: module levels in parameter names, and optimizer wrappers around ours.
+"""Undo the module levels that wrappers add to parameter names.
 
 torch.compile (``_orig_mod.``), DDP / DataParallel (a leading ``module.``), FSDP1 (``_fsdp_wrapped_module.``)
 and activation checkpointing (``_checkpoint_wrapped_module.``) insert module levels into parameter names.
 Layer names drop them (``normalize_name``), so ``layer_stats()`` reads the same under any wrapper and a
-checkpoint saved under one wrapper loads under another. Trainers wrap the optimizer (accelerate's
-``AcceleratedOptimizer`` keeps ours as ``.optimizer`` and forwards no other attribute); ``unwrap`` follows
-such chains and ``layer_stats`` reads the stats through them.
+checkpoint saved under one wrapper loads under another. (Optimizer wrappers: ``stats.unwrap``.)
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .base import LLROptimizer
 
 # Module levels inserted at any depth (torch.compile of a submodule, FSDP1 / checkpoint wrapping per block).
 WRAPPER_LEVELS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
@@ -33,27 +26,3 @@ def normalize_name(name: str) -> str:
             continue
         out.append(part)
     return ".".join(out) if out else name
-
-
-def unwrap(optimizer: Any) -> "LLROptimizer":
-    """The LLR optimizer inside ``optimizer``, following ``.optimizer`` attributes (accelerate's
-    ``AcceleratedOptimizer``, Hugging Face ``Trainer.optimizer``, DeepSpeed-style wrappers); raises TypeError
-    when none is found."""
-    from .base import LLROptimizer
-
-    seen, cur = [], optimizer
-    while not isinstance(cur, LLROptimizer):
-        seen.append(type(cur).__name__)
-        nxt = getattr(cur, "optimizer", None)
-        if nxt is None or nxt is cur or len(seen) > 16:
-            raise TypeError(
-                f"no LLR optimizer (LLRAdamW / LLRMuon) inside {' -> '.join(seen)}: unwrap follows .optimizer "
-                "attributes; pass the optimizer that wraps an LLR optimizer"
-            )
-        cur = nxt
-    return cur
-
-
-def layer_stats(optimizer: Any) -> list[dict[str, Any]]:
-    """``layer_stats()`` of the LLR optimizer inside ``optimizer`` (e.g. ``layer_stats(trainer.optimizer)``)."""
-    return unwrap(optimizer).layer_stats()
