@@ -58,6 +58,18 @@ def spectrum(rng: np.random.Generator, n: int) -> tuple[np.ndarray, str]:
     return np.sort(l), "trained-like"
 
 
+def stored_matrix(rng: np.random.Generator, r: int, c: int, lam: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """An r x c matrix with Gram spectrum proportional to ``lam`` (random singular vectors), stored in a random one of
+    float32/bf16/fp16, and the float64 (numpy) Gram eigenvalues of the stored matrix."""
+    n = len(lam)
+    u, _ = np.linalg.qr(rng.standard_normal((r, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((c, n)))
+    dt = [torch.float32, torch.bfloat16, torch.float16][int(rng.integers(0, 3))]
+    w = torch.from_numpy((u * np.sqrt(lam / lam.max())) @ v.T).to(dt)
+    x = w.double().numpy()
+    return w, np.linalg.eigvalsh(x @ x.T if r <= c else x.T @ x)
+
+
 def hill(l: np.ndarray) -> tuple[float, float]:
     n = len(l)
     k = n // 2
@@ -86,12 +98,7 @@ def main() -> None:
             r, c = LLAMA60M[int(rng.integers(0, 3))]
             n = min(r, c)
         lam, kind = spectrum(rng, n)
-        u, _ = np.linalg.qr(rng.standard_normal((r, n)))
-        v, _ = np.linalg.qr(rng.standard_normal((c, n)))
-        dt = [torch.float32, torch.bfloat16, torch.float16][int(rng.integers(0, 3))]
-        w = torch.from_numpy((u * np.sqrt(lam / lam.max())) @ v.T).to(dt)
-        x = w.double().numpy()
-        l64 = np.linalg.eigvalsh(x @ x.T if r <= c else x.T @ x)
+        w, l64 = stored_matrix(rng, r, c, lam)
         a64, thr = hill(l64)
         if not (np.isfinite(a64) and thr > 1e-6 * l64[-1]):
             continue
@@ -99,7 +106,7 @@ def main() -> None:
         e2 = eigvalsh_batch_torch(g32, torch.float64)
         q = U32 * (a64 - 1) ** 2 / a64 * float(l64.mean()) / thr
         errs = [abs(hill(e.double().numpy()[0])[0] / a64 - 1) for e in (e32, e2)]
-        rows.append((kind, str(dt).replace("torch.", ""), a64, errs[0], errs[1], q))
+        rows.append((kind, str(w.dtype).replace("torch.", ""), a64, errs[0], errs[1], q))
         res = hill_alpha(w, method="auto", return_status=True, alpha_max=None)
         if res.status == ["ok"]:
             auto_err = max(auto_err, abs(float(res.alpha[0]) / a64 - 1))

@@ -3,7 +3,7 @@ data behind ``analysis.measure.SPECTRUM_GRAM32_ERR_C``, the per-eigenvalue error
 "fp32-gram" tier.
 
 ``spectral.exact.GRAM32_ERR_C`` bounds the error of Eq. 2's alpha, which reads the eigenvalues around its threshold;
-the analysis' KS fit, entropy and rank checks need a bound that holds for every eigenvalue at once. For random
+the analysis' float32 tier needs a bound that holds for every eigenvalue at once. For random
 matrices with the spectra of ``scripts/hill_fp32_error.py`` (Marchenko-Pastur, power-law, log-normal, flat with
 spikes, trained-like), stored in float32/bf16/fp16, at n = 8..256 and 384..1024 (and --large: 2048), it reports
 max_i |l_i(fp32 Gram) - l_i(float64)| / (u32 mean(l)) per spectrum kind; the constant must exceed every ratio.
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hill_fp32_error import U32, spectrum  # noqa: E402
+from hill_fp32_error import U32, spectrum, stored_matrix  # noqa: E402
 
 from llr_kernels.analysis.measure import SPECTRUM_GRAM32_ERR_C  # noqa: E402
 from llr_kernels.spectral.exact import exact_grams  # noqa: E402
@@ -49,12 +49,7 @@ def main() -> None:
         m = int(n * rng.uniform(1, 4)) if rng.random() < 0.6 else n
         r, c = (n, m) if rng.random() < 0.5 else (m, n)
         lam, kind = spectrum(rng, n)
-        u, _ = np.linalg.qr(rng.standard_normal((r, n)))
-        v, _ = np.linalg.qr(rng.standard_normal((c, n)))
-        dt = [torch.float32, torch.bfloat16, torch.float16][int(rng.integers(0, 3))]
-        w = torch.from_numpy((u * np.sqrt(lam / lam.max())) @ v.T).to(dt)
-        x = w.double().numpy()
-        l64 = np.linalg.eigvalsh(x @ x.T if r <= c else x.T @ x)
+        w, l64 = stored_matrix(rng, r, c, lam)
         g, exps = exact_grams([w], n, torch.float32, "auto", torch.device("cpu"))
         if not isinstance(exps[0], int):
             continue

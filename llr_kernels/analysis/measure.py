@@ -304,8 +304,8 @@ def _fits(mats: list[torch.Tensor], spectra: list[Spectrum], s: Settings, failed
     for j, (w, sp) in enumerate(zip(mats, spectra)):
         n = sp.e.shape[0]
         empty = {"alpha_fit": nan, "xmin": nan, "ks_distance": nan, "num_tail": 0}
-        if sp.pre is not None or j in failed:
-            continue  # ``_row`` fills the first; the others go to float64
+        if sp.pre is not None:
+            continue  # ``_row`` fills it
         if n < max(2, s.fit_min_eigs):
             out[j] = dict(empty, fit_status=STATUS_TOO_FEW)
             continue

@@ -198,7 +198,6 @@ def test_compare_gives_per_layer_deltas(seed):
         compare(analyze(before, progress=False), analyze({"x.weight": before[names[0]]}, progress=False))
 
 
-
 @pytest.mark.parametrize("metrics", [("entropy",), ("alpha_fit",), ("alpha", "alpha_hat", "spectral_norm")])
 def test_whole_spectrum_metrics_go_straight_to_float64(seed, metrics):
     """The entropy and the KS fit read every eigenvalue; under the per-eigenvalue float32 bound their checks cannot

@@ -5,7 +5,8 @@
   (dense batched eigh is O(s^3) and, on CUDA, one cuSOLVER call per matrix for s > 32).
 - ``gram_eigvalsh_cpp`` / ``eigvalsh_cpp``: Gram eigenvalues of many equal-n matrices on CPU (Grams and
   eigenvalues one matrix per thread); ``eigvalsh_cpp`` on CUDA: one batched cuSOLVER call
-  (``cusolverDnXsyevBatched``, csrc/spectral_eig_cuda.cu) where available. Same contracts as ``naive.gram_eigvalsh_torch`` / ``naive.eigvalsh_batch_torch``.
+  (``cusolverDnXsyevBatched``, csrc/spectral_eig_cuda.cu) where available. Same contracts as
+  ``naive.gram_eigvalsh_torch`` / ``naive.eigvalsh_batch_torch``.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def gram_eigvalsh_cpp(
     mats: list[torch.Tensor], dtype: torch.dtype, keep_grams: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(eigenvalues (B, n), lower-triangle Grams (B, n, n) or None) of equal-n CPU matrices in ``dtype`` (float32 or
-    float64): Grams and eigenvalues one matrix per thread (csrc/spectral_cpu.cpp says why); NaN
-    row for inf/NaN input or a failed eigensolver, zero row for zeros."""
+    float64): Grams and eigenvalues one matrix per thread (csrc/spectral_cpu.cpp says why); NaN row for inf/NaN
+    input or a failed eigensolver, zero row for zeros."""
     if mats and mats[0].device.type != "cpu":  # no CUDA kernel of its own: torch's (cuSOLVER) path
         from .naive import gram_eigvalsh_torch
 
